@@ -1,0 +1,45 @@
+"""The medkb code location: every asset, check, job, schedule, sensor and resource."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from medkb_assets.config import get_config
+from medkb_assets.documents.assets import build_documents
+from medkb_assets.embeddings.assets import build_embeddings
+from medkb_assets.index.assets import build_index_definitions
+from medkb_assets.jobs import daily_update_job, daily_update_schedule
+from medkb_assets.resources import (
+    DataDirResource,
+    EmbeddingModelResource,
+    ncbi_resource_from_env,
+)
+from medkb_assets.sources.public_health_assets import build_public_health_assets
+from medkb_assets.sources.pubmed.assets import build_raw_pubmed
+
+
+def build_definitions() -> dg.Definitions:
+    """Assembles the code location from the configuration in use (``MEDKB_CONFIG``)."""
+    config = get_config()
+    index = build_index_definitions(config)
+    return dg.Definitions(
+        assets=[
+            build_raw_pubmed(config),
+            *build_public_health_assets(config),
+            build_documents(config),
+            build_embeddings(config),
+            *index.assets,
+        ],
+        asset_checks=index.asset_checks,
+        jobs=[daily_update_job],
+        schedules=[daily_update_schedule],
+        sensors=index.sensors,
+        resources={
+            "ncbi": ncbi_resource_from_env(),
+            "embedding_model": EmbeddingModelResource(),
+            "data_dir": DataDirResource(),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,163 @@
+"""The ``faiss_index`` asset, its checks, and the automation that keeps it following partitions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Literal
+
+import dagster as dg
+
+from medkb_assets.config import MedkbConfig
+from medkb_assets.policies import ASSET_RETRY_POLICY
+from medkb_assets.resources import DataDirResource, EmbeddingModelResource
+
+CHECK_COUNTS = "vector_counts_match"
+CHECK_LOADS = "index_loads_and_self_retrieves"
+CHECK_FINITE = "no_nan_vectors"
+CHECK_DIMENSION = "dimension_matches_model"
+
+# Rebuild once embeddings partitions have changed and none is still running: a backfill of a
+# hundred partitions then costs one incremental build at the end, not one per partition.
+INDEX_AUTOMATION = (
+    dg.AutomationCondition.any_deps_updated().since(
+        dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
+    )
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("embeddings changed and settled")
+
+
+class IndexBuildConfig(dg.Config):
+    """Launch-time options of an index build."""
+
+    index_type: Literal["flat", "hnsw"] = "flat"
+    keep_versions: int = 5
+
+
+@dataclass
+class IndexDefinitions:
+    assets: list[dg.AssetsDefinition] = field(default_factory=list)
+    asset_checks: list[dg.AssetChecksDefinition] = field(default_factory=list)
+    sensors: list[dg.SensorDefinition] = field(default_factory=list)
+
+
+def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
+    """Builds ``faiss_index``, its asset checks and the sensor that evaluates its automation."""
+
+    @dg.asset(
+        name="faiss_index",
+        deps=["embeddings"],
+        retry_policy=ASSET_RETRY_POLICY,
+        automation_condition=INDEX_AUTOMATION,
+        group_name="knowledge_base",
+        kinds={"faiss"},
+        description=(
+            "The searchable knowledge base: one FAISS inner-product index over every document's "
+            "vector (one per doc_id, topics merged), rebuilt incrementally and published "
+            "atomically as a new version folder under index/ with a Parquet manifest of where "
+            "each vector came from. Retracted, deleted and expired documents leave it."
+        ),
+    )
+    def faiss_index(
+        context: dg.AssetExecutionContext,
+        build: IndexBuildConfig,
+        embedding_model: EmbeddingModelResource,
+        data_dir: DataDirResource,
+    ) -> dg.MaterializeResult:
+        from medkb_assets.index.builder import build_index
+
+        model = embedding_model.get_model()
+        stats = build_index(
+            data_dir.layout(),
+            model.model_id,
+            retention_days=config.retention_days,
+            today=dt.datetime.now(dt.UTC).date(),
+            index_type=build.index_type,
+            keep_versions=build.keep_versions,
+        )
+        if stats.changed:
+            context.log.info(
+                "published %s: %d vectors (+%d, ~%d, -%d) in %.1fs",
+                stats.version,
+                stats.vectors,
+                stats.added,
+                stats.replaced,
+                stats.removed,
+                stats.build_seconds,
+            )
+        else:
+            context.log.info("no embeddings changed; %s stays current", stats.version)
+        return dg.MaterializeResult(
+            metadata={
+                "index_version": stats.version,
+                "published_new_version": stats.changed,
+                "vectors": stats.vectors,
+                "added": stats.added,
+                "replaced": stats.replaced,
+                "removed": stats.removed,
+                "model_id": stats.model_id,
+                "index_type": build.index_type,
+                "build_seconds": round(stats.build_seconds, 3),
+                "partitions_consumed": stats.partitions_consumed,
+            },
+            data_version=dg.DataVersion(stats.version),
+        )
+
+    return IndexDefinitions(
+        assets=[faiss_index],
+        asset_checks=[_index_checks()],
+        sensors=[
+            dg.AutomationConditionSensorDefinition(
+                "index_automation",
+                target=dg.AssetSelection.assets("faiss_index"),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=60,
+            )
+        ],
+    )
+
+
+def _index_checks() -> dg.AssetChecksDefinition:
+    @dg.multi_asset_check(
+        specs=[
+            dg.AssetCheckSpec(
+                CHECK_COUNTS,
+                asset="faiss_index",
+                blocking=True,
+                description="Vectors = manifest rows = distinct doc_ids.",
+            ),
+            dg.AssetCheckSpec(
+                CHECK_LOADS,
+                asset="faiss_index",
+                blocking=True,
+                description="The current version loads; a stored document retrieves itself first.",
+            ),
+            dg.AssetCheckSpec(
+                CHECK_FINITE,
+                asset="faiss_index",
+                blocking=True,
+                description="No vector holds NaN or infinity.",
+            ),
+            dg.AssetCheckSpec(
+                CHECK_DIMENSION,
+                asset="faiss_index",
+                blocking=True,
+                description="The index dimension is the embedding model's.",
+            ),
+        ],
+    )
+    def faiss_index_checks(embedding_model: EmbeddingModelResource, data_dir: DataDirResource):
+        from medkb_assets.index.builder import check_index
+
+        model = embedding_model.get_model()
+        for name, outcome in check_index(data_dir.layout().index_dir, model).items():
+            yield dg.AssetCheckResult(
+                check_name=name,
+                asset_key="faiss_index",
+                passed=outcome.passed,
+                description=outcome.message,
+                metadata=outcome.metadata,
+            )
+
+    return faiss_index_checks

@@ -1,0 +1,146 @@
+"""The ``raw_pubmed`` asset: one topic's PubMed records for one Entrez day, kept verbatim."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import dagster as dg
+
+from medkb_assets.config import MedkbConfig
+from medkb_assets.partitions import build_partitions
+from medkb_assets.policies import ASSET_RETRY_POLICY
+from medkb_assets.resources import DataDirResource, NcbiResource
+from medkb_assets.sources.base import RawPayload
+from medkb_assets.sources.pubmed.bulk import resolve_files, select_records
+from medkb_assets.sources.raw_store import write_fetch
+from medkb_assets.storage import PartitionRef
+
+NCBI_POOL = "ncbi"
+
+
+def build_raw_pubmed(config: MedkbConfig) -> dg.AssetsDefinition:
+    """Builds ``raw_pubmed`` over the configuration's partitions."""
+
+    @dg.asset(
+        name="raw_pubmed",
+        partitions_def=build_partitions(config),
+        retry_policy=ASSET_RETRY_POLICY,
+        pool=NCBI_POOL,
+        group_name="sources",
+        kinds={"python", "xml"},
+        description=(
+            "PubMed records that entered PubMed (Entrez date) on the partition's day and match "
+            "the topic's query: every esearch/efetch response, gzip-compressed under "
+            "raw/pubmed/<date>/<topic>/, or the matching records cut from NLM's baseline and "
+            "update files when `pubmed.files` is configured."
+        ),
+    )
+    def raw_pubmed(
+        context: dg.AssetExecutionContext, ncbi: NcbiResource, data_dir: DataDirResource
+    ) -> dg.MaterializeResult:
+        partition = PartitionRef.parse(context.partition_key)
+        topic = config.topics[partition.topic]
+        layout = data_dir.layout()
+        fetched_at = dt.datetime.now(dt.UTC)
+        started = time.monotonic()
+
+        if "pubmed" not in topic.sources:
+            summary: dict[str, Any] = {"mode": "disabled", "hits": 0, "records_fetched": 0}
+            payloads: list[RawPayload] = []
+        elif config.pubmed.files:
+            payloads, summary = _select_from_files(context, config, partition)
+        else:
+            payloads, summary = _fetch_from_eutils(context, ncbi, config, partition)
+        summary["duration_seconds"] = round(time.monotonic() - started, 3)
+
+        fetch_dir = write_fetch(layout, "pubmed", partition, payloads, summary, fetched_at)
+        if summary.get("cap_hit"):
+            context.log.warning(
+                "cap of %d records reached for %s: %d of %d records kept",
+                config.max_records_per_partition,
+                partition.key,
+                summary["records_fetched"],
+                summary["hits"],
+            )
+        return dg.MaterializeResult(
+            metadata={
+                "mode": summary["mode"],
+                "query": summary.get("query", ""),
+                "hits": summary["hits"],
+                "records_fetched": summary["records_fetched"],
+                "requests": summary.get("requests", 0),
+                "retries": summary.get("retries", 0),
+                "cap": config.max_records_per_partition,
+                "cap_hit": bool(summary.get("cap_hit", False)),
+                "duration_seconds": summary["duration_seconds"],
+                "raw_path": dg.MetadataValue.path(str(fetch_dir)),
+                "dagster/row_count": summary["records_fetched"],
+            }
+        )
+
+    return raw_pubmed
+
+
+def _fetch_from_eutils(
+    context: dg.AssetExecutionContext,
+    ncbi: NcbiResource,
+    config: MedkbConfig,
+    partition: PartitionRef,
+) -> tuple[list[RawPayload], dict[str, Any]]:
+    topic = config.topics[partition.topic]
+    day = dt.date.fromisoformat(partition.date)
+    with ncbi.client() as client:
+        search = client.search(topic.pubmed_query, day)
+        payloads = [search.raw]
+        context.log.info(
+            "esearch %r on %s: %d hits", topic.pubmed_query, partition.date, search.count
+        )
+        payloads.extend(client.fetch(search, max_records=config.max_records_per_partition))
+        records_fetched = min(search.count, config.max_records_per_partition)
+        summary = {
+            "mode": "eutils",
+            "query": topic.pubmed_query,
+            "request": search.request_params,
+            "hits": search.count,
+            "records_fetched": records_fetched,
+            "cap_hit": search.count > config.max_records_per_partition,
+            "requests": client.stats.requests,
+            "retries": client.stats.retries,
+        }
+    return payloads, summary
+
+
+def _select_from_files(
+    context: dg.AssetExecutionContext, config: MedkbConfig, partition: PartitionRef
+) -> tuple[list[RawPayload], dict[str, Any]]:
+    assert config.pubmed.files is not None
+    topic = config.topics[partition.topic]
+    paths = resolve_files(config.pubmed.files)
+    selection = select_records(
+        paths, partition.date, topic.keywords, config.max_records_per_partition
+    )
+    context.log.info(
+        "read %d records from %d NLM files: %d match %s on %s, %d deletions",
+        selection.scanned,
+        len(paths),
+        len(selection.matched_pmids),
+        partition.topic,
+        partition.date,
+        len(selection.deleted_pmids),
+    )
+    request = {"files": config.pubmed.files, "entrez_date": partition.date}
+    payload = RawPayload(name="records.xml", body=selection.as_xml(), request=request)
+    summary = {
+        "mode": "files",
+        "query": f"keywords: {', '.join(topic.keywords)}",
+        "request": request,
+        "files": selection.files,
+        "scanned": selection.scanned,
+        "hits": selection.matched_total,
+        "records_fetched": len(selection.matched_pmids),
+        "deleted": len(selection.deleted_pmids),
+        "cap_hit": selection.cap_hit,
+    }
+    return [payload], summary
