@@ -31,6 +31,7 @@ class Reply:
     body: bytes = b""
     content_type: str = "application/json"
     delay: float = 0.0
+    drop: bool = False  # close the connection without answering
 
 
 Handler = Callable[[SeenRequest], Reply]
@@ -91,6 +92,9 @@ def _make_handler(server_state: StandInServer) -> type[BaseHTTPRequestHandler]:
             reply = server_state._answer(request)
             if reply.delay:
                 time.sleep(reply.delay)
+            if reply.drop:
+                self.close_connection = True
+                return
             try:
                 self.send_response(reply.status)
                 self.send_header("Content-Type", reply.content_type)
@@ -113,7 +117,7 @@ def stand_in_server() -> Iterator[StandInServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
     httpd.daemon_threads = True
     state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield state

@@ -1,9 +1,8 @@
 """The ``documents`` asset: one topic's cleaned documents for one day, from every source."""
 
-from __future__ import annotations
-
 import dagster as dg
 import pandas as pd
+from dagster import AssetExecutionContext
 
 from medkb_assets.config import MedkbConfig
 from medkb_assets.documents.build import (
@@ -62,7 +61,7 @@ def build_documents(config: MedkbConfig) -> dg.AssetsDefinition:
             "deleted citations stay as flagged rows so the index can drop them."
         ),
     )
-    def documents(context: dg.AssetExecutionContext, data_dir: DataDirResource):
+    def documents(context: AssetExecutionContext, data_dir: DataDirResource):
         partition = PartitionRef.parse(context.partition_key)
         layout = data_dir.layout()
         sources = config.topics[partition.topic].sources

@@ -1,8 +1,7 @@
 """The ``embeddings`` asset: vectors for one partition's new or changed documents."""
 
-from __future__ import annotations
-
 import dagster as dg
+from dagster import AssetExecutionContext
 
 from medkb_assets.config import MedkbConfig
 from medkb_assets.embeddings.cache import embed_partition
@@ -30,7 +29,7 @@ def build_embeddings(config: MedkbConfig) -> dg.AssetsDefinition:
         ),
     )
     def embeddings(
-        context: dg.AssetExecutionContext,
+        context: AssetExecutionContext,
         embedding_model: EmbeddingModelResource,
         data_dir: DataDirResource,
     ) -> dg.MaterializeResult:

@@ -1,12 +1,11 @@
 """The ``faiss_index`` asset, its checks, and the automation that keeps it following partitions."""
 
-from __future__ import annotations
-
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Literal
 
 import dagster as dg
+from dagster import AssetExecutionContext
 
 from medkb_assets.config import MedkbConfig
 from medkb_assets.policies import ASSET_RETRY_POLICY
@@ -60,7 +59,7 @@ def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
         ),
     )
     def faiss_index(
-        context: dg.AssetExecutionContext,
+        context: AssetExecutionContext,
         build: IndexBuildConfig,
         embedding_model: EmbeddingModelResource,
         data_dir: DataDirResource,

@@ -21,6 +21,9 @@ from typing import Any
 import httpx
 
 logger = logging.getLogger(__name__)
+# httpx logs every request URL at INFO; this module logs one line per request itself, with
+# secret parameters masked, so httpx's own lines would only repeat them unmasked.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 RETRYABLE_STATUS_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (

@@ -8,8 +8,6 @@ partition later fetches again and fills the gap; documents are keyed by stable i
 is duplicated.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import datetime as dt
 import time
@@ -17,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import dagster as dg
+from dagster import AssetExecutionContext
 
 from medkb_assets.config import MedkbConfig
 from medkb_assets.partitions import build_partitions
@@ -92,7 +91,7 @@ def _build_asset(config: MedkbConfig, source: PublicHealthSource) -> dg.AssetsDe
         description=source.description,
     )
     def raw_source(
-        context: dg.AssetExecutionContext, data_dir: DataDirResource
+        context: AssetExecutionContext, data_dir: DataDirResource
     ) -> dg.MaterializeResult:
         partition = PartitionRef.parse(context.partition_key)
         topic = config.topics[partition.topic]

@@ -60,12 +60,12 @@ def write_fetch(
         write_gzip(fetch_dir / ITEMS_FILE, json.dumps(items, sort_keys=True).encode())
 
     record = {
+        **summary,
         "source": source,
         "partition": partition.key,
         "fetched_at": fetched_at.isoformat(),
         "folder": str(fetch_dir.relative_to(layout.root)),
         "files": files,
-        **summary,
     }
     encoded = json.dumps(record, indent=2, sort_keys=True).encode()
     atomic_write_bytes(fetch_dir / FETCH_FILE, encoded)

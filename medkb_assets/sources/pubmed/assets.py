@@ -1,12 +1,12 @@
 """The ``raw_pubmed`` asset: one topic's PubMed records for one Entrez day, kept verbatim."""
 
-from __future__ import annotations
-
 import datetime as dt
+import re
 import time
 from typing import Any
 
 import dagster as dg
+from dagster import AssetExecutionContext
 
 from medkb_assets.config import MedkbConfig
 from medkb_assets.partitions import build_partitions
@@ -14,10 +14,12 @@ from medkb_assets.policies import ASSET_RETRY_POLICY
 from medkb_assets.resources import DataDirResource, NcbiResource
 from medkb_assets.sources.base import RawPayload
 from medkb_assets.sources.pubmed.bulk import resolve_files, select_records
+from medkb_assets.sources.pubmed.client import ResultTooLargeError
 from medkb_assets.sources.raw_store import write_fetch
 from medkb_assets.storage import PartitionRef
 
 NCBI_POOL = "ncbi"
+_RECORD_START = re.compile(rb"<Pubmed(?:Book)?Article[\s>]")
 
 
 def build_raw_pubmed(config: MedkbConfig) -> dg.AssetsDefinition:
@@ -38,7 +40,7 @@ def build_raw_pubmed(config: MedkbConfig) -> dg.AssetsDefinition:
         ),
     )
     def raw_pubmed(
-        context: dg.AssetExecutionContext, ncbi: NcbiResource, data_dir: DataDirResource
+        context: AssetExecutionContext, ncbi: NcbiResource, data_dir: DataDirResource
     ) -> dg.MaterializeResult:
         partition = PartitionRef.parse(context.partition_key)
         topic = config.topics[partition.topic]
@@ -56,7 +58,7 @@ def build_raw_pubmed(config: MedkbConfig) -> dg.AssetsDefinition:
         summary["duration_seconds"] = round(time.monotonic() - started, 3)
 
         fetch_dir = write_fetch(layout, "pubmed", partition, payloads, summary, fetched_at)
-        if summary.get("cap_hit"):
+        if summary.get("cap_hit") and summary["mode"] == "files":
             context.log.warning(
                 "cap of %d records reached for %s: %d of %d records kept",
                 config.max_records_per_partition,
@@ -84,28 +86,35 @@ def build_raw_pubmed(config: MedkbConfig) -> dg.AssetsDefinition:
 
 
 def _fetch_from_eutils(
-    context: dg.AssetExecutionContext,
+    context: AssetExecutionContext,
     ncbi: NcbiResource,
     config: MedkbConfig,
     partition: PartitionRef,
 ) -> tuple[list[RawPayload], dict[str, Any]]:
     topic = config.topics[partition.topic]
     day = dt.date.fromisoformat(partition.date)
+    cap = config.max_records_per_partition
     with ncbi.client() as client:
         search = client.search(topic.pubmed_query, day)
+        context.log.info("esearch %r on %s: %d hits", topic.pubmed_query, day, search.count)
         payloads = [search.raw]
-        context.log.info(
-            "esearch %r on %s: %d hits", topic.pubmed_query, partition.date, search.count
-        )
-        payloads.extend(client.fetch(search, max_records=config.max_records_per_partition))
-        records_fetched = min(search.count, config.max_records_per_partition)
+        try:
+            payloads.extend(client.fetch(search, max_records=cap))
+        except ResultTooLargeError as error:
+            # Refetching cannot help: the day must be split or read from NLM's files.
+            raise dg.Failure(description=str(error), allow_retries=False) from error
+        records_fetched = sum(len(_RECORD_START.findall(p.body)) for p in payloads[1:])
+        plan = search.plan(cap)
+        if plan.cap_hit:
+            context.log.warning("%s: %s", partition.key, plan.describe(records_fetched))
         summary = {
             "mode": "eutils",
             "query": topic.pubmed_query,
             "request": search.request_params,
+            "query_translation": search.query_translation,
             "hits": search.count,
             "records_fetched": records_fetched,
-            "cap_hit": search.count > config.max_records_per_partition,
+            "cap_hit": plan.cap_hit,
             "requests": client.stats.requests,
             "retries": client.stats.retries,
         }
@@ -113,7 +122,7 @@ def _fetch_from_eutils(
 
 
 def _select_from_files(
-    context: dg.AssetExecutionContext, config: MedkbConfig, partition: PartitionRef
+    context: AssetExecutionContext, config: MedkbConfig, partition: PartitionRef
 ) -> tuple[list[RawPayload], dict[str, Any]]:
     assert config.pubmed.files is not None
     topic = config.topics[partition.topic]
@@ -136,7 +145,7 @@ def _select_from_files(
         "mode": "files",
         "query": f"keywords: {', '.join(topic.keywords)}",
         "request": request,
-        "files": selection.files,
+        "source_files": selection.files,
         "scanned": selection.scanned,
         "hits": selection.matched_total,
         "records_fetched": len(selection.matched_pmids),
