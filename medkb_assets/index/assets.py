@@ -43,6 +43,7 @@ class IndexDefinitions:
 
 def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
     """Builds ``faiss_index``, its asset checks and the sensor that evaluates its automation."""
+    retention_days = config.retention_days
 
     @dg.asset(
         name="faiss_index",
@@ -60,7 +61,7 @@ def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
     )
     def faiss_index(
         context: AssetExecutionContext,
-        build: IndexBuildConfig,
+        config: IndexBuildConfig,
         embedding_model: EmbeddingModelResource,
         data_dir: DataDirResource,
     ) -> dg.MaterializeResult:
@@ -70,10 +71,10 @@ def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
         stats = build_index(
             data_dir.layout(),
             model.model_id,
-            retention_days=config.retention_days,
+            retention_days=retention_days,
             today=dt.datetime.now(dt.UTC).date(),
-            index_type=build.index_type,
-            keep_versions=build.keep_versions,
+            index_type=config.index_type,
+            keep_versions=config.keep_versions,
         )
         if stats.changed:
             context.log.info(
@@ -96,7 +97,7 @@ def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
                 "replaced": stats.replaced,
                 "removed": stats.removed,
                 "model_id": stats.model_id,
-                "index_type": build.index_type,
+                "index_type": config.index_type,
                 "build_seconds": round(stats.build_seconds, 3),
                 "partitions_consumed": stats.partitions_consumed,
             },

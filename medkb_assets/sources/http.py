@@ -134,8 +134,9 @@ class PacedClient:
         self.redact = redact
         self.stats = RequestStats()
         self._sleep = sleep
+        self.base_url = base_url.rstrip("/")
         self._client = httpx.Client(
-            base_url=base_url.rstrip("/") + "/",
+            base_url=self.base_url + "/",
             timeout=httpx.Timeout(timeout),
             headers={"User-Agent": "medkb/0.1 (+https://github.com/medkb)", **(headers or {})},
             follow_redirects=True,
@@ -187,7 +188,10 @@ class PacedClient:
             self.stats.requests += 1
             started = time.monotonic()
             try:
-                response = self._client.request(method, path, params=params, data=data)
+                # httpx always joins paths under a base URL ending in "/"; an empty path means
+                # the base itself, which some services (MedlinePlus' /ws/query) require exactly.
+                url = path or self.base_url
+                response = self._client.request(method, url, params=params, data=data)
             except RETRYABLE_ERRORS as error:
                 self.stats.count_failure(type(error).__name__)
                 last_problem = f"{type(error).__name__}: {self._scrub(str(error))}"

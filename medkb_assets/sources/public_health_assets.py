@@ -68,9 +68,9 @@ PUBLIC_HEALTH_SOURCES = (
         client=medlineplus.medlineplus_client,
         fetch=medlineplus.fetch_medlineplus,
         description=(
-            "NIH/NLM MedlinePlus health topics matching the topic's keywords or MeSH headings, new "
-            "or updated on the partition's day, with the full summary as text; responses kept "
-            "verbatim under raw/medlineplus/<date>/<topic>/."
+            "NIH/NLM MedlinePlus health topics matching the topic's keywords, created on the "
+            "partition's day, with the full summary, groups and MeSH headings as text; search "
+            "responses kept verbatim under raw/medlineplus/<date>/<topic>/."
         ),
     ),
 )
@@ -114,7 +114,9 @@ def _build_asset(config: MedkbConfig, source: PublicHealthSource) -> dg.AssetsDe
                     )
                 summary = {"status": "ok"}
                 items = [dataclasses.asdict(document) for document in result.documents]
-            except SourceUnavailableError as error:
+            except (SourceUnavailableError, ValueError) as error:
+                # ValueError: the service answered 200 with a body that is not its API's format,
+                # such as a maintenance page; for the partition that is an outage like a 503.
                 context.log.warning(
                     "%s unavailable for %s after retries: %s", source.label, partition.key, error
                 )
