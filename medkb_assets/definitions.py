@@ -12,6 +12,7 @@ from medkb_assets.jobs import daily_update_job, daily_update_schedule
 from medkb_assets.resources import (
     DataDirResource,
     EmbeddingModelResource,
+    PublicHealthResource,
     ncbi_resource_from_env,
 )
 from medkb_assets.sources.public_health_assets import build_public_health_assets
@@ -36,6 +37,7 @@ def build_definitions() -> dg.Definitions:
         sensors=index.sensors,
         resources={
             "ncbi": ncbi_resource_from_env(),
+            "public_health": PublicHealthResource(),
             "embedding_model": EmbeddingModelResource(),
             "data_dir": DataDirResource(),
         },

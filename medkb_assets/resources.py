@@ -49,6 +49,22 @@ class NcbiResource(dg.ConfigurableResource):
         )
 
 
+class PublicHealthResource(dg.ConfigurableResource):
+    """Retry settings for the WHO, CDC and MedlinePlus clients (endpoints come from the env).
+
+    Attributes:
+        max_retries: retries of 429, 5xx, timeouts and dropped connections per request before the
+            source is recorded as unavailable for the partition.
+        base_delay_seconds: the first backoff; each retry doubles it, with full jitter.
+    """
+
+    max_retries: int = 5
+    base_delay_seconds: float = 0.5
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_retries=self.max_retries, base_delay=self.base_delay_seconds)
+
+
 class EmbeddingModelResource(dg.ConfigurableResource):
     """The sentence-transformer, loaded once per process on first use.
 

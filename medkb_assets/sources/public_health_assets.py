@@ -20,10 +20,10 @@ from dagster import AssetExecutionContext
 from medkb_assets.config import MedkbConfig
 from medkb_assets.partitions import build_partitions
 from medkb_assets.policies import ASSET_RETRY_POLICY
-from medkb_assets.resources import DataDirResource
+from medkb_assets.resources import DataDirResource, PublicHealthResource
 from medkb_assets.sources import cdc, medlineplus, who
 from medkb_assets.sources.base import FetchResult
-from medkb_assets.sources.http import PacedClient, SourceUnavailableError
+from medkb_assets.sources.http import PacedClient, RetryPolicy, SourceUnavailableError
 from medkb_assets.sources.raw_store import write_fetch
 from medkb_assets.storage import PartitionRef
 
@@ -34,7 +34,7 @@ Fetcher = Callable[[PacedClient, dt.date, Sequence[str], int], FetchResult]
 class PublicHealthSource:
     name: str
     label: str
-    client: Callable[[], PacedClient]
+    client: Callable[[RetryPolicy], PacedClient]
     fetch: Fetcher
     description: str
 
@@ -91,7 +91,9 @@ def _build_asset(config: MedkbConfig, source: PublicHealthSource) -> dg.AssetsDe
         description=source.description,
     )
     def raw_source(
-        context: AssetExecutionContext, data_dir: DataDirResource
+        context: AssetExecutionContext,
+        public_health: PublicHealthResource,
+        data_dir: DataDirResource,
     ) -> dg.MaterializeResult:
         partition = PartitionRef.parse(context.partition_key)
         topic = config.topics[partition.topic]
@@ -105,7 +107,7 @@ def _build_asset(config: MedkbConfig, source: PublicHealthSource) -> dg.AssetsDe
             summary = {"status": "disabled"}
         else:
             try:
-                with source.client() as client:
+                with source.client(public_health.retry_policy()) as client:
                     result = source.fetch(
                         client,
                         dt.date.fromisoformat(partition.date),
