@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dagster as dg
+from dagster._core.definitions.partitions.partitioned_schedule import (
+    UnresolvedPartitionedAssetScheduleDefinition,
+)
+from dagster._core.definitions.unresolved_asset_job_definition import (
+    UnresolvedAssetJobDefinition,
+)
 
 from medkb_assets.policies import JOB_MAX_RUNTIME_SECONDS
 
+DAILY_JOB = "daily_update"
 PARTITIONED_ASSETS = (
     "raw_pubmed",
     "raw_who",
@@ -15,22 +24,41 @@ PARTITIONED_ASSETS = (
     "embeddings",
 )
 
-daily_update_job = dg.define_asset_job(
-    name="daily_update",
-    selection=dg.AssetSelection.assets(*PARTITIONED_ASSETS),
-    description=(
-        "Fetches one topic's sources for one day, rebuilds its documents and embeds what is new; "
-        "faiss_index follows on its own once the partitions settle."
-    ),
-    tags={"dagster/max_runtime": JOB_MAX_RUNTIME_SECONDS},
-)
 
-# Runs at 02:00 UTC for the day that just ended, one run per topic: NCBI has indexed most of
-# the previous day's records by then.
-daily_update_schedule = dg.build_schedule_from_partitioned_job(
-    daily_update_job,
-    hour_of_day=2,
-    minute_of_hour=0,
-    name="daily_update_schedule",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+def build_daily_update_job(
+    excluded_checks: Sequence[dg.AssetChecksDefinition] = (),
+) -> UnresolvedAssetJobDefinition:
+    """The partitioned job that fetches, cleans and embeds one topic's day.
+
+    Args:
+        excluded_checks: checks on these assets that judge the whole asset (freshness) rather
+            than the partition a run builds; their own sensor runs them.
+    """
+    selection: dg.AssetSelection = dg.AssetSelection.assets(*PARTITIONED_ASSETS)
+    if excluded_checks:
+        selection = selection - dg.AssetSelection.checks(*excluded_checks)
+    return dg.define_asset_job(
+        name=DAILY_JOB,
+        selection=selection,
+        description=(
+            "Fetches one topic's sources for one day, rebuilds its documents and embeds what is "
+            "new; faiss_index follows on its own once the partitions settle."
+        ),
+        tags={"dagster/max_runtime": JOB_MAX_RUNTIME_SECONDS},
+    )
+
+
+def build_daily_update_schedule(
+    job: UnresolvedAssetJobDefinition,
+) -> dg.ScheduleDefinition | UnresolvedPartitionedAssetScheduleDefinition:
+    """Runs at 02:00 UTC for the day that just ended, one run per topic.
+
+    NCBI has indexed most of the previous day's records by then.
+    """
+    return dg.build_schedule_from_partitioned_job(
+        job,
+        hour_of_day=2,
+        minute_of_hour=0,
+        name="daily_update_schedule",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )

@@ -1,5 +1,7 @@
 """The ``documents`` asset: one topic's cleaned documents for one day, from every source."""
 
+from typing import Any
+
 import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
@@ -14,7 +16,7 @@ from medkb_assets.documents.build import (
 from medkb_assets.partitions import build_partitions
 from medkb_assets.policies import ASSET_RETRY_POLICY
 from medkb_assets.resources import DataDirResource
-from medkb_assets.storage import PartitionRef
+from medkb_assets.storage import DataLayout, PartitionRef
 
 RAW_ASSETS = ("raw_pubmed", "raw_who", "raw_cdc", "raw_medlineplus")
 PREVIEW_ROWS = 10
@@ -86,8 +88,11 @@ def build_documents(config: MedkbConfig) -> dg.AssetsDefinition:
 
 
 def _metadata(
-    built: PartitionDocuments, previous: pd.DataFrame | None, layout, partition: PartitionRef
-) -> dict[str, object]:
+    built: PartitionDocuments,
+    previous: pd.DataFrame | None,
+    layout: DataLayout,
+    partition: PartitionRef,
+) -> dict[str, Any]:
     frame = built.frame
     live = frame[~frame["retracted"] & ~frame["deleted"]]
     new, updated, removed = _changes(previous, frame)

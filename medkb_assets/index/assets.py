@@ -148,7 +148,7 @@ def _index_checks() -> dg.AssetChecksDefinition:
         ],
     )
     def faiss_index_checks(embedding_model: EmbeddingModelResource, data_dir: DataDirResource):
-        from medkb_assets.index.builder import check_index
+        from medkb_assets.index.verify import check_index
 
         model = embedding_model.get_model()
         for name, outcome in check_index(data_dir.layout().index_dir, model).items():

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from medkb_assets.sources.pubmed.parser import PubmedRecord, parse_pubmed_xml
 
@@ -154,5 +154,5 @@ def iter_record_chunks(stream: BinaryIO) -> Iterator[bytes]:
 
 def _open(path: Path) -> BinaryIO:
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")
+        return cast(BinaryIO, gzip.open(path, "rb"))
     return path.open("rb")
