@@ -1,5 +1,6 @@
 """The ``documents`` asset: one topic's cleaned documents for one day, from every source."""
 
+import hashlib
 from typing import Any
 
 import dagster as dg
@@ -81,7 +82,10 @@ def build_documents(config: MedkbConfig) -> dg.AssetsDefinition:
                     f" ({outcome.error})" if outcome.error else "",
                 )
 
-        yield dg.MaterializeResult(metadata=_metadata(built, previous, layout, partition))
+        yield dg.MaterializeResult(
+            metadata=_metadata(built, previous, layout, partition),
+            data_version=_data_version(built.frame),
+        )
         yield from _checks(built)
 
     return documents
@@ -125,6 +129,12 @@ def _metadata(
         ),
         "path": dg.MetadataValue.path(str(layout.documents_path(partition))),
     }
+
+
+def _data_version(frame: pd.DataFrame) -> dg.DataVersion:
+    """A digest of what the partition holds: its doc_ids and their content hashes."""
+    pairs = sorted(zip(frame["doc_id"], frame["content_hash"], strict=True))
+    return dg.DataVersion(hashlib.sha256(repr(pairs).encode()).hexdigest()[:24])
 
 
 def _changes(previous: pd.DataFrame | None, current: pd.DataFrame) -> tuple[int, int, int]:

@@ -4,7 +4,7 @@ import dagster as dg
 from dagster import AssetExecutionContext
 
 from medkb_assets.config import MedkbConfig
-from medkb_assets.embeddings.cache import embed_partition
+from medkb_assets.embeddings.cache import embed_partition, file_sha256
 from medkb_assets.partitions import build_partitions
 from medkb_assets.policies import ASSET_RETRY_POLICY
 from medkb_assets.resources import DataDirResource, EmbeddingModelResource
@@ -64,7 +64,10 @@ def build_embeddings(config: MedkbConfig) -> dg.AssetsDefinition:
                 "model_id": stats.model_id,
                 "unchanged_input": stats.skipped_unchanged,
                 "path": dg.MetadataValue.path(str(stats.path)),
-            }
+            },
+            # The same digest the index records for the partitions it takes in, so the lineage
+            # view pairs each index version with the exact embeddings it was built from.
+            data_version=dg.DataVersion(file_sha256(stats.path)),
         )
 
     return embeddings

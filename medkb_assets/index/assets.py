@@ -15,6 +15,7 @@ CHECK_COUNTS = "vector_counts_match"
 CHECK_LOADS = "index_loads_and_self_retrieves"
 CHECK_FINITE = "no_nan_vectors"
 CHECK_DIMENSION = "dimension_matches_model"
+LINEAGE_ROWS = 500
 
 # Rebuild once embeddings partitions have changed and none is still running: a backfill of a
 # hundred partitions then costs one incremental build at the end, not one per partition.
@@ -100,6 +101,7 @@ def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
                 "index_type": config.index_type,
                 "build_seconds": round(stats.build_seconds, 3),
                 "partitions_consumed": stats.partitions_consumed,
+                "partitions_read": dg.MetadataValue.md(_lineage_table(stats.partitions_read)),
             },
             data_version=dg.DataVersion(stats.version),
         )
@@ -116,6 +118,17 @@ def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
             )
         ],
     )
+
+
+def _lineage_table(partitions_read: tuple[tuple[str, str], ...]) -> str:
+    """The embeddings partitions a build took in, with the data version each had."""
+    if not partitions_read:
+        return "_no embeddings partition changed since the previous version_"
+    shown = sorted(partitions_read)[:LINEAGE_ROWS]
+    rows = [f"| {key} | {data_version[:16]} |" for key, data_version in shown]
+    more = len(partitions_read) - len(shown)
+    footer = [f"\n_and {more} more partitions_"] if more > 0 else []
+    return "\n".join(["| partition | embeddings data version |", "| --- | --- |", *rows, *footer])
 
 
 def _index_checks() -> dg.AssetChecksDefinition:

@@ -82,6 +82,8 @@ class BuildStats:
         build_seconds: wall time, lock wait included.
         partitions_consumed: embeddings partition files read by this build.
         changed: whether a new version was published.
+        partitions_read: ``(partition key, sha256 of its embeddings file)`` for each file read,
+            the data versions this build took in.
     """
 
     version: str
@@ -95,6 +97,7 @@ class BuildStats:
     build_seconds: float
     partitions_consumed: int
     changed: bool
+    partitions_read: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -221,6 +224,7 @@ def build_index(
         build_seconds=time.perf_counter() - started,
         partitions_consumed=len(to_read),
         changed=True,
+        partitions_read=_data_versions(consumed, model_embeddings_dir(layout, model_id), to_read),
     )
     logger.info(
         "index %s: %d vectors (+%d, ~%d, -%d) from %d partitions in %.2fs",
@@ -366,6 +370,15 @@ def _scan_partitions(
         _partition_key(root / relative) for relative in consumed if relative not in fingerprints
     ]
     return fingerprints, to_read, dropped
+
+
+def _data_versions(
+    consumed: dict[str, dict[str, Any]], root: Path, paths: list[Path]
+) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (_partition_key(path), consumed[path.relative_to(root).as_posix()]["sha256"])
+        for path in paths
+    )
 
 
 def _partition_key(path: Path) -> str:
