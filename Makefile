@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(MEDKB_DATA_DIR)/dagster
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: install run demo test lint typecheck unit instance clean
+.PHONY: install run demo test lint typecheck unit browser instance benchmarks clean
 
 install: $(STAMP)
 
@@ -40,8 +40,16 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+# Debian's Chromium for the browser test of the web UI; Playwright never downloads a browser.
+browser:
+	scripts/install_browser.sh
+
+unit: install browser
 	$(BIN)/python -m pytest -q
+
+benchmarks: install
+	$(BIN)/python benchmarks/embed_throughput.py
+	$(BIN)/python benchmarks/search_latency.py
 
 test: lint typecheck unit
 

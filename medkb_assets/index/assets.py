@@ -29,9 +29,15 @@ INDEX_AUTOMATION = (
 
 
 class IndexBuildConfig(dg.Config):
-    """Launch-time options of an index build."""
+    """Launch-time options of an index build.
 
-    index_type: Literal["flat", "hnsw"] = "flat"
+    Attributes:
+        index_type: ``auto`` searches exactly up to 50,000 vectors and builds an HNSW graph
+            beyond; ``flat`` forces exact search at any size; ``hnsw`` forces the graph.
+        keep_versions: published versions kept for rollback.
+    """
+
+    index_type: Literal["auto", "flat", "hnsw"] = "auto"
     keep_versions: int = 5
 
 
@@ -98,7 +104,7 @@ def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
                 "replaced": stats.replaced,
                 "removed": stats.removed,
                 "model_id": stats.model_id,
-                "index_type": config.index_type,
+                "index_type": stats.index_type,
                 "build_seconds": round(stats.build_seconds, 3),
                 "partitions_consumed": stats.partitions_consumed,
                 "partitions_read": dg.MetadataValue.md(_lineage_table(stats.partitions_read)),

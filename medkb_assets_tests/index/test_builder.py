@@ -317,6 +317,27 @@ def test_hnsw_index_builds_and_retrieves_a_stored_document_first(
     assert verify_index(loaded, embedding_model) == []
 
 
+def test_auto_index_type_is_exact_until_the_corpus_outgrows_the_limit(
+    tmp_path, embedding_model: EmbeddingModel, monkeypatch
+) -> None:
+    monkeypatch.setattr("medkb_assets.index.builder.AUTO_EXACT_LIMIT", 10)
+    layout = DataLayout(tmp_path)
+    abstracts = pubmedqa_abstracts()[:14]
+    _embed(layout, DAY_1, [document_row(a, DAY_1) for a in abstracts[:8]], embedding_model)
+
+    small = _build(layout, embedding_model)
+    unchanged = _build(layout, embedding_model)
+    _embed(layout, DAY_2, [document_row(a, DAY_2) for a in abstracts[8:]], embedding_model)
+    grown = _build(layout, embedding_model)
+
+    assert (small.index_type, small.vectors) == ("flat", 8)
+    assert not unchanged.changed
+    assert (grown.index_type, grown.vectors, grown.added) == ("hnsw", 14, 6)
+    loaded = load_current_index(layout.index_dir)
+    assert loaded.summary["index_type"] == "hnsw"
+    assert verify_index(loaded, embedding_model) == []
+
+
 def test_only_the_newest_versions_are_kept(tmp_path, embedding_model: EmbeddingModel) -> None:
     layout = DataLayout(tmp_path)
     abstracts = pubmedqa_abstracts()[:4]
