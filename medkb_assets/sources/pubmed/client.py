@@ -18,9 +18,10 @@ A day whose records to fetch exceed the 9,999 that one stored result set serves 
 with :class:`ResultTooLargeError` rather than split: E-utilities dates have no finer unit than
 a day, and NLM's update files (``pubmed.files``) carry such days whole.
 
-The API key is a secret. It travels only in the body of POST requests (never in a URL, which
-proxies and HTTP libraries log), is shown as ``***`` in log lines and errors, and is left out of
-every :class:`RawPayload` and search result.
+Requests are plain GETs, the form E-utilities documents for searches and history fetches (POST
+is only needed for long id lists, which this client never sends). The API key is a secret: it is
+shown as ``***`` in every log line and error, httpx's own URL logging is silenced, and the key is
+left out of every :class:`RawPayload` and search result.
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ class EutilsClient:
             "maxdate": entrez_day,
             "retmax": str(retmax),
         }
-        response = self._post("esearch.fcgi", params)
+        response = self._send("esearch.fcgi", params)
         sent = self._without_key(params)
 
         answer = _esearch_result(response.content, sent, self._http.hide_secrets)
@@ -363,7 +364,7 @@ class EutilsClient:
                 "retmode": "xml",
                 "rettype": "abstract",
             }
-            response = self._post("efetch.fcgi", params)
+            response = self._send("efetch.fcgi", params)
             sent = self._without_key(params)
 
             error = _efetch_error(response.content)
@@ -412,13 +413,13 @@ class EutilsClient:
             )
         return fresh
 
-    def _post(self, path: str, params: dict[str, str]) -> httpx.Response:
+    def _send(self, path: str, params: dict[str, str]) -> httpx.Response:
         """Sends one request, retrying NCBI's rate-limit answers that arrive as HTTP 200.
 
         NCBI sometimes answers an excess request with status 200 and a JSON error body instead
         of 429; those are retried with the same backoff as a 429.
         """
-        data = {**params, **self._identity()}
+        query = {**params, **self._identity()}
         policy = self._http.retry
         for attempt in range(policy.max_retries + 1):
             if attempt:
@@ -434,7 +435,7 @@ class EutilsClient:
                 )
                 self._sleep(wait)
 
-            response = self._http.post(path, data=data)
+            response = self._http.get(path, params=query)
             if not _is_rate_limit_answer(response.content):
                 return response
             self.stats.count_failure("rate limit (HTTP 200)")

@@ -94,7 +94,7 @@ def test_search_asks_for_one_entrez_day_with_history(ncbi: NcbiStandIn) -> None:
         search = client.search(TERM, DAY)
 
     (esearch,) = ncbi.server.requests_to(ESEARCH)
-    assert esearch.method == "POST"
+    assert esearch.method == "GET"
     expected = {
         "db": "pubmed",
         "term": TERM,
