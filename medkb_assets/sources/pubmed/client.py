@@ -345,10 +345,8 @@ class EutilsClient:
         if target > MAX_HISTORY_RECORDS:
             raise ResultTooLargeError(_too_large_message(search, target))
         if target and not (search.webenv and search.query_key):
-            raise EutilsError(
-                f"esearch for {search.day} matched {search.count} records but returned no "
-                f"WebEnv/query_key to fetch them with: {search.request_params_without_key}"
-            )
+            yield from self._fetch_by_ids(search, target, batch_size)
+            return
 
         searched_again = False
         retstart = 0
@@ -391,6 +389,37 @@ class EutilsClient:
                 name=f"efetch-{batch_number:04d}.xml", body=response.content, request=sent
             )
             retstart += retmax
+
+    def _fetch_by_ids(
+        self, search: SearchResult, target: int, batch_size: int
+    ) -> Iterator[RawPayload]:
+        """Fetches by PMID list when esearch kept no history session for the result set.
+
+        Some E-utilities deployments and mirrors ignore ``usehistory``; the PMIDs are then listed
+        by a second esearch and fetched ``batch_size`` at a time.
+        """
+        logger.warning(
+            "esearch for %s returned no WebEnv; fetching %d records by PMID list",
+            search.day,
+            target,
+        )
+        listing = self.search(search.term, search.day, retmax=target)
+        pmids = listing.ids[:target]
+        for batch_number, start in enumerate(range(0, len(pmids), batch_size), start=1):
+            params = {
+                "db": "pubmed",
+                "id": ",".join(pmids[start : start + batch_size]),
+                "retmode": "xml",
+                "rettype": "abstract",
+            }
+            response = self._send("efetch.fcgi", params)
+            sent = self._without_key(params)
+            error = _efetch_error(response.content)
+            if error is not None:
+                raise EutilsError(self._http.hide_secrets(f"ncbi efetch.fcgi ({sent}): {error}"))
+            yield RawPayload(
+                name=f"efetch-{batch_number:04d}.xml", body=response.content, request=sent
+            )
 
     def _search_again(self, expired: SearchResult, error: str) -> SearchResult:
         self.stats.count_failure("expired history")

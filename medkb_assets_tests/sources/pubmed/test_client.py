@@ -28,13 +28,14 @@ from medkb_assets.sources.pubmed.client import (
     EutilsError,
     ResultTooLargeError,
 )
-from medkb_assets_tests.stand_in import Reply, stand_in_server
+from medkb_assets_tests.stand_in import Reply, SeenRequest, stand_in_server
 from medkb_assets_tests.stand_in_eutils import (
     EFETCH,
     ESEARCH,
     FAST_RETRY,
     RATE_LIMIT_BODY,
     NcbiStandIn,
+    RecordedArticleSet,
     article_pmids,
 )
 
@@ -467,3 +468,37 @@ def test_backoff_grows_exponentially_with_jitter() -> None:
         assert max(delays) > 0.8 * ceiling
         assert len(set(delays)) > 250
     assert max(policy.delay(8) for _ in range(300)) <= 10.0
+
+
+def test_search_without_history_session_is_fetched_by_pmid_list() -> None:
+    article_set = RecordedArticleSet(ARTICLE_SET.read_bytes())
+    pmids = [
+        article_pmids(article_set.header + a + article_set.footer)[0] for a in article_set.articles
+    ]
+
+    def esearch(request: SeenRequest) -> Reply:
+        listed = pmids[: int(request.params.get("retmax", "0"))]
+        answer = {"esearchresult": {"count": str(len(pmids)), "idlist": listed}}
+        return Reply(200, json.dumps(answer).encode())
+
+    def efetch(request: SeenRequest) -> Reply:
+        wanted = request.params["id"].split(",")
+        chosen = [article_set.articles[pmids.index(pmid)] for pmid in wanted]
+        body = article_set.header + b"\n".join(chosen) + article_set.footer
+        return Reply(200, body, "text/xml")
+
+    with stand_in_server() as server:
+        server.route(ESEARCH, esearch)
+        server.route(EFETCH, efetch)
+        client = EutilsClient(base_url=server.base_url + "/entrez/eutils/", retry=FAST_RETRY)
+        search = client.search(TERM, DAY)
+        fetched = [
+            pmid
+            for payload in client.fetch(search, max_records=50, batch_size=20)
+            for pmid in article_pmids(payload.body)
+        ]
+        efetches = server.requests_to(EFETCH)
+
+    assert search.webenv is None
+    assert fetched == pmids[:50]
+    assert [len(request.params["id"].split(",")) for request in efetches] == [20, 20, 10]
