@@ -1,0 +1,1 @@
+"""End-to-end tests of the running service: ``dagster dev`` (webserver, daemon) and its web UI."""
