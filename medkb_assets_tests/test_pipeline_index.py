@@ -70,6 +70,8 @@ def test_index_records_the_data_versions_of_the_partitions_it_took_in(pipeline):
     metadata = built.asset_materializations_for_node("faiss_index")[0].metadata
     assert metadata["vectors"].value == 5
     assert metadata["added"].value == 5
+    assert "Yield of community-based tuberculosis" in metadata["new_documents"].value
+    assert "| cancer " in metadata["documents_per_topic_and_source"].value
     lineage = metadata["partitions_read"].value
     for key, data_version in embeddings_versions.items():
         assert f"| {key} | {data_version[:16]} |" in lineage

@@ -2,12 +2,20 @@
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 from dagster import AssetExecutionContext
 
 from medkb_assets.config import MedkbConfig
+from medkb_assets.index.builder import BuildStats, build_index
+from medkb_assets.index.report import (
+    counts_table,
+    documents_per_day_chart,
+    new_documents_table,
+    read_manifest,
+)
 from medkb_assets.policies import ASSET_RETRY_POLICY
 from medkb_assets.resources import DataDirResource, EmbeddingModelResource
 
@@ -72,8 +80,6 @@ def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
         embedding_model: EmbeddingModelResource,
         data_dir: DataDirResource,
     ) -> dg.MaterializeResult:
-        from medkb_assets.index.builder import build_index
-
         model = embedding_model.get_model()
         stats = build_index(
             data_dir.layout(),
@@ -95,8 +101,10 @@ def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
             )
         else:
             context.log.info("no embeddings changed; %s stays current", stats.version)
+        report = _report(data_dir.layout().index_dir, stats)
         return dg.MaterializeResult(
             metadata={
+                **report,
                 "index_version": stats.version,
                 "published_new_version": stats.changed,
                 "vectors": stats.vectors,
@@ -124,6 +132,20 @@ def build_index_definitions(config: MedkbConfig) -> IndexDefinitions:
             )
         ],
     )
+
+
+def _report(index_dir: Path, stats: BuildStats) -> dict[str, dg.MetadataValue]:
+    """Tables and a chart of what the current version holds and what it added."""
+    manifest = read_manifest(index_dir, stats.version)
+    if manifest is None:
+        return {}
+    parent = read_manifest(index_dir, stats.parent_version) if stats.changed else manifest
+    today = dt.datetime.now(dt.UTC).date()
+    return {
+        "new_documents": dg.MetadataValue.md(new_documents_table(manifest, parent)),
+        "documents_per_topic_and_source": dg.MetadataValue.md(counts_table(manifest)),
+        "documents_per_day": dg.MetadataValue.md(documents_per_day_chart(manifest, today)),
+    }
 
 
 def _lineage_table(partitions_read: tuple[tuple[str, str], ...]) -> str:
