@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -20,6 +23,7 @@ from medkb_assets.storage import DataLayout, PartitionRef
 from medkb_assets_tests.stand_in import Reply, stand_in_server
 from medkb_assets_tests.stand_in_eutils import EFETCH, ESEARCH, RATE_LIMIT_BODY, NcbiStandIn
 
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "pubmed"
 PARTITIONS = ["2017-10-18|cancer", "2017-08-09|infectious_outbreaks"]
 
@@ -149,3 +153,58 @@ def test_partitions_fetched_through_a_failing_eutils_hold_every_record_once(tmp_
         assert row.text == clean_text(expected[row.source_id].abstract)
     metadata = results[0].asset_materializations_for_node("raw_pubmed")[0].metadata
     assert metadata["hits"].value == 2 and metadata["retries"].value == 3
+
+
+def test_dagster_cli_materializes_a_partition_from_the_repository_without_dagster_home(tmp_path):
+    config_path = tmp_path / "medkb.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "start_date": "2016-01-01",
+                "topics": {
+                    "cancer": {
+                        "pubmed_query": "cancer",
+                        "keywords": ["cancer"],
+                        "sources": ["pubmed"],
+                    }
+                },
+            }
+        )
+    )
+    article_set = (FIXTURES / "pubMR_pubmed_result_93articles.xml").read_bytes()
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DAGSTER_HOME", "NCBI_API_KEY")
+    }
+
+    with stand_in_server() as server:
+        eutils = NcbiStandIn(server, article_set, by_entrez_day=True)
+        server.inject(EFETCH, Reply(429, RATE_LIMIT_BODY), Reply(503, b"Service Unavailable"))
+        completed = subprocess.run(
+            [
+                Path(sys.executable).with_name("dagster"),
+                "asset",
+                "materialize",
+                "-m",
+                "medkb_assets.definitions",
+                "--select",
+                "raw_pubmed,documents",
+                "--partition",
+                "2017-10-18|cancer",
+            ],
+            cwd=ROOT,
+            env={
+                **environment,
+                "MEDKB_CONFIG": str(config_path),
+                "MEDKB_DATA_DIR": str(tmp_path / "data"),
+                "NCBI_EUTILS_URL": eutils.base_url,
+            },
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    stored = pq.read_table(tmp_path / "data" / "documents" / "2017-10-18" / "cancer.parquet")
+    assert sorted(stored.column("source_id").to_pylist()) == ["29038347", "29038521"]
