@@ -235,7 +235,7 @@ def _source_document_row(
 def _deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per ``doc_id``: a deletion wins, then the highest PubMed version, then the last."""
     if frame.empty:
-        return frame
+        return frame[DOCUMENT_COLUMNS]
     frame = frame.assign(_order=range(len(frame)))
     frame = frame.sort_values(["deleted", "_version", "_order"])
     frame = frame.drop_duplicates("doc_id", keep="last").sort_values("_order")
