@@ -345,6 +345,44 @@ def _insert(store: sqlite3.Connection, vectors: dict[str, np.ndarray]) -> None:
         )
 
 
+def prune_content_store(model_dir: Path, created_before: dt.datetime, dry_run: bool = False) -> int:
+    """Removes cached vectors whose text no remaining partition file of the model holds.
+
+    Partition files carry their own vectors, so the store is only a cache and pruning it never
+    loses data. Vectors cached at or after ``created_before`` are kept whatever the files say: a
+    run embedding right now may not have written its partition file yet.
+
+    Args:
+        model_dir: one model's embeddings folder (``embeddings/<model slug>``).
+        created_before: only vectors cached before this instant may go.
+        dry_run: count what would go without removing it.
+
+    Returns:
+        How many cached vectors were (or would be) removed.
+    """
+    store_path = model_dir / STORE_FILE
+    if not store_path.exists():
+        return 0
+    referenced = {
+        content_hash
+        for path in sorted((model_dir / PARTITIONS_DIR).glob("*/*.parquet"))
+        for content_hash in pq.read_table(path, columns=["content_hash"]).column(0).to_pylist()
+    }
+    cutoff = created_before.astimezone(dt.UTC).isoformat(timespec="seconds")
+    with _open_store(store_path) as store:
+        store.execute("CREATE TEMP TABLE referenced (content_hash TEXT PRIMARY KEY)")
+        store.executemany("INSERT OR IGNORE INTO referenced VALUES (?)", ((h,) for h in referenced))
+        unreferenced = (
+            "FROM vectors WHERE created_at < ? "
+            "AND content_hash NOT IN (SELECT content_hash FROM referenced)"
+        )
+        (count,) = store.execute(f"SELECT COUNT(*) {unreferenced}", (cutoff,)).fetchone()
+        if count and not dry_run:
+            with store:
+                store.execute(f"DELETE {unreferenced}", (cutoff,))
+    return int(count)
+
+
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -22,15 +22,17 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 
 from medkb_assets.config import MedkbConfig
-from medkb_assets.embeddings.cache import PARTITIONS_DIR
+from medkb_assets.embeddings.cache import PARTITIONS_DIR, prune_content_store
 from medkb_assets.index.store import LOCK_FILE, list_versions, prune_versions, read_current_version
 from medkb_assets.policies import JOB_MAX_RUNTIME_SECONDS
 from medkb_assets.resources import DataDirResource
@@ -79,6 +81,9 @@ class RetentionReport:
     current_index_version: str | None
     dry_run: bool = False
     removed: list[RemovedPath] = field(default_factory=list)
+    # Per model folder: vectors dropped from the content-hash cache because no remaining
+    # partition holds their text.
+    cached_vectors_removed: dict[str, int] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         """Returns the number of removed entries of each kind, every kind present."""
@@ -101,6 +106,7 @@ class RetentionReport:
             "dry_run": self.dry_run,
             "counts": self.counts(),
             "bytes": self.bytes_removed,
+            "cached_vectors_removed": self.cached_vectors_removed,
             "paths": [
                 {
                     "kind": entry.kind,
@@ -171,8 +177,7 @@ def apply_retention(
         ]
         report.removed.extend(_remove_date_folder(date_dir, entries, dry_run))
 
-    # TODO: each model's content-hash store (vectors.sqlite) keeps the vectors of expired text;
-    # pruning it needs the hashes still referenced by the partitions that remain.
+    started = dt.datetime.now(dt.UTC)
     for model_dir in _subfolders(layout.embeddings_dir):
         for date_dir in _expired_date_folders(model_dir / PARTITIONS_DIR, cutoff):
             entries = [
@@ -180,10 +185,11 @@ def apply_retention(
                 for path in sorted(date_dir.glob("*.parquet"))
             ]
             report.removed.extend(_remove_date_folder(date_dir, entries, dry_run))
+        report.cached_vectors_removed[model_dir.name] = _prune_cache(model_dir, started, dry_run)
 
     report.removed.extend(_prune_index(layout, keep_index_versions, dry_run, lock_timeout_s))
 
-    if report.removed and not dry_run:
+    if (report.removed or any(report.cached_vectors_removed.values())) and not dry_run:
         _append_log(layout.root / RETENTION_LOG_FILE, report.to_record())
     logger.info(
         "retention before %s%s: %s",
@@ -192,6 +198,16 @@ def apply_retention(
         ", ".join(f"{count} {kind}" for kind, count in report.counts().items()),
     )
     return report
+
+
+def _prune_cache(model_dir: Path, started: dt.datetime, dry_run: bool) -> int:
+    # The content-hash store is a cache beside files that carry their own vectors: a store or
+    # file that cannot be read costs only this clean-up, never the partitions' removal.
+    try:
+        return prune_content_store(model_dir, created_before=started, dry_run=dry_run)
+    except (sqlite3.DatabaseError, pa.ArrowException, OSError) as error:
+        logger.warning("%s: embedding cache not pruned: %s", model_dir.name, error)
+        return 0
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -373,6 +389,7 @@ def _report_metadata(report: RetentionReport, layout: DataLayout) -> dict[str, A
         "documents_files_removed": counts["documents"],
         "embeddings_files_removed": counts["embeddings"],
         "index_versions_removed": counts["index"],
+        "cached_vectors_removed": sum(report.cached_vectors_removed.values()),
         "bytes_removed": report.bytes_removed,
         "removed": table,
         "removed_not_shown": max(len(report.removed) - len(rows), 0),
