@@ -73,13 +73,15 @@ def build_documents(config: MedkbConfig) -> dg.AssetsDefinition:
         built = build_partition_documents(layout, partition, sources)
         write_documents(layout, partition, built.frame)
         for outcome in built.outcomes:
-            if outcome.status != "ok":
+            if outcome.status in ("unavailable", "not_fetched"):
+                kept = f"; keeping its fetch of {outcome.fetched_at}" if outcome.rows else ""
                 context.log.warning(
-                    "%s for %s: %s%s",
+                    "%s for %s: %s%s%s",
                     outcome.source,
                     partition.key,
                     outcome.status,
                     f" ({outcome.error})" if outcome.error else "",
+                    kept,
                 )
 
         yield dg.MaterializeResult(
@@ -109,6 +111,7 @@ def _metadata(
                 "without_text": outcome.without_text,
                 "skipped_malformed": outcome.skipped,
                 "fetched_at": outcome.fetched_at or "",
+                "failed_at": outcome.failed_at or "",
             }
             for outcome in built.outcomes
         ]

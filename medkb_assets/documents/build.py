@@ -18,7 +18,13 @@ from medkb_assets.documents.cleaning import clean_text, content_hash
 from medkb_assets.documents.schema import DOCUMENT_COLUMNS, DOCUMENT_SCHEMA
 from medkb_assets.sources.base import SourceDocument
 from medkb_assets.sources.pubmed.parser import PubmedRecord, parse_pubmed_xml
-from medkb_assets.sources.raw_store import ITEMS_FILE, payload_paths, read_latest
+from medkb_assets.sources.raw_store import (
+    ITEMS_FILE,
+    SUCCEEDED,
+    payload_paths,
+    read_attempt,
+    read_latest,
+)
 from medkb_assets.storage import DataLayout, PartitionRef, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -36,7 +42,8 @@ class SourceOutcome:
     without_text: int = 0
     skipped: int = 0
     error: str | None = None
-    fetched_at: str | None = None
+    fetched_at: str | None = None  # the fetch the rows come from
+    failed_at: str | None = None  # the last attempt, when it failed
 
 
 @dataclass
@@ -48,6 +55,7 @@ class PartitionDocuments:
 
     @property
     def missing_sources(self) -> list[str]:
+        """Sources whose last attempt failed or that were never fetched for the partition."""
         return [o.source for o in self.outcomes if o.status in ("unavailable", "not_fetched")]
 
 
@@ -66,14 +74,19 @@ def build_partition_documents(
     for source in sources:
         outcome = SourceOutcome(source=source, status="not_fetched")
         record = read_latest(layout, source, partition)
+        attempt = read_attempt(layout, source, partition)
         if record is not None:
-            outcome.fetched_at = record["fetched_at"]
             outcome.status = record.get("status", "ok")
-            outcome.error = record.get("error")
+            outcome.fetched_at = record["fetched_at"]
             if outcome.status == "ok":
                 source_rows = _read_source_rows(layout, partition, source, record, outcome)
                 outcome.rows = len(source_rows)
                 rows.extend(source_rows)
+        if attempt is not None and attempt.get("status", "ok") not in SUCCEEDED:
+            # The last attempt failed: the rows above, if any, come from an earlier fetch.
+            outcome.status = "unavailable"
+            outcome.error = attempt.get("error")
+            outcome.failed_at = attempt["fetched_at"]
         outcomes.append(outcome)
 
     frame = pd.DataFrame(rows, columns=[*DOCUMENT_COLUMNS, "_version"])

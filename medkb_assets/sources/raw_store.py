@@ -2,7 +2,9 @@
 
 Each fetch of one source for one partition writes ``raw/<source>/<date>/<topic>/<fetch id>/``
 with every response body gzip-compressed and a ``fetch.json`` describing the requests, then
-points ``latest.json`` in the partition folder at it. Older fetches stay until retention removes
+records it as the partition's ``attempt.json``. Only a fetch that succeeded also becomes
+``latest.json``, the one documents are built from: an outage on a rerun must not replace what an
+earlier fetch brought in. Older fetches stay until retention removes
 them, which is what lets an auditor see how a record's content changed over time.
 """
 
@@ -17,6 +19,8 @@ from medkb_assets.sources.base import RawPayload
 from medkb_assets.storage import DataLayout, PartitionRef, atomic_write_bytes, write_gzip
 
 LATEST_FILE = "latest.json"
+ATTEMPT_FILE = "attempt.json"
+SUCCEEDED = ("ok", "disabled")
 FETCH_FILE = "fetch.json"
 ITEMS_FILE = "items.json.gz"  # what the responses were parsed into, for public-health sources
 
@@ -30,14 +34,15 @@ def write_fetch(
     fetched_at: dt.datetime,
     items: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Stores one fetch and makes it the partition's latest; returns the fetch folder.
+    """Stores one fetch, the latest one too if it succeeded; returns the fetch folder.
 
     Args:
         layout: the data directory layout.
         source: ``pubmed``, ``who``, ``cdc`` or ``medlineplus``.
         partition: the partition fetched.
         payloads: the response bodies, in request order.
-        summary: counts and request parameters to keep beside them (no secrets).
+        summary: counts and request parameters to keep beside them (no secrets); its
+            ``status`` (default ``ok``) says whether the source answered.
         fetched_at: when the fetch started, UTC.
         items: the normalised items parsed from the responses, kept beside them.
     """
@@ -69,13 +74,23 @@ def write_fetch(
     }
     encoded = json.dumps(record, indent=2, sort_keys=True).encode()
     atomic_write_bytes(fetch_dir / FETCH_FILE, encoded)
-    atomic_write_bytes(partition_dir / LATEST_FILE, encoded)
+    atomic_write_bytes(partition_dir / ATTEMPT_FILE, encoded)
+    if summary.get("status", "ok") in SUCCEEDED:
+        atomic_write_bytes(partition_dir / LATEST_FILE, encoded)
     return fetch_dir
 
 
 def read_latest(layout: DataLayout, source: str, partition: PartitionRef) -> dict[str, Any] | None:
-    """Returns the latest fetch record of one source and partition, or None if never fetched."""
-    path = layout.raw_dir(source, partition) / LATEST_FILE
+    """Returns the latest successful fetch of one source and partition, or None."""
+    return _read_record(layout.raw_dir(source, partition) / LATEST_FILE)
+
+
+def read_attempt(layout: DataLayout, source: str, partition: PartitionRef) -> dict[str, Any] | None:
+    """Returns the latest fetch attempt of one source and partition, failed or not, or None."""
+    return _read_record(layout.raw_dir(source, partition) / ATTEMPT_FILE)
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     record: dict[str, Any] = json.loads(path.read_text())

@@ -121,3 +121,26 @@ def test_clean_text_normalises_spacing_and_unicode_but_keeps_paragraphs():
     messy = "A\u00a0 b\t\tc\r\n\r\n\r\nCafe\u0301 \u0007end  "
 
     assert clean_text(messy) == "A b c\n\nCaf\u00e9 end"
+
+
+def test_an_outage_on_a_rerun_keeps_the_documents_of_the_last_good_fetch(tmp_path):
+    layout = DataLayout(tmp_path)
+    item = SourceDocument(
+        source="who",
+        source_id="2017-DON-0042",
+        title="Cholera - Yemen",
+        text="Cases continue to rise.",
+        url="https://www.who.int/emergencies/disease-outbreak-news/item/cholera-yemen",
+        published="2017-08-09",
+    )
+    write_fetch(layout, "who", PARTITION, [], {"status": "ok"}, FETCHED_AT, items=[item.__dict__])
+    later = FETCHED_AT + dt.timedelta(days=1)
+    write_fetch(layout, "who", PARTITION, [], {"status": "unavailable", "error": "HTTP 503"}, later)
+
+    built = build_partition_documents(layout, PARTITION, ["who"])
+
+    assert built.frame["doc_id"].tolist() == ["who:2017-DON-0042"]
+    assert built.missing_sources == ["who"]
+    outcome = built.outcomes[0]
+    assert (outcome.fetched_at, outcome.failed_at) == (FETCHED_AT.isoformat(), later.isoformat())
+    assert outcome.error == "HTTP 503"
