@@ -42,15 +42,19 @@ def _config(tmp_path: Path):
     return load_config(path)
 
 
-def _materialize(config, data_root: Path, eutils_url: str) -> dg.ExecuteInProcessResult:
+def _materialize(
+    config, data_root: Path, eutils_url: str, pubmed_retries: int = 3
+) -> dg.ExecuteInProcessResult:
     raw_who = next(a for a in build_public_health_assets(config) if a.key.path == ["raw_who"])
+    raw_pubmed = build_raw_pubmed(config, dg.RetryPolicy(max_retries=pubmed_retries, delay=0.01))
     with dg.instance_for_test() as instance:
         return dg.materialize(
-            [build_raw_pubmed(config), raw_who, build_documents(config)],
+            [raw_pubmed, raw_who, build_documents(config)],
             partition_key=PARTITION,
             instance=instance,
+            raise_on_error=False,
             resources={
-                "ncbi": NcbiResource(base_url=eutils_url),
+                "ncbi": NcbiResource(base_url=eutils_url, max_retries=1),
                 "public_health": PublicHealthResource(max_retries=2, base_delay_seconds=0.01),
                 "data_dir": DataDirResource(path=str(data_root)),
             },
@@ -102,3 +106,29 @@ def test_a_source_down_throughout_leaves_pubmed_in_and_a_later_rerun_fills_the_g
     again_metadata = again.asset_materializations_for_node("documents")[0].metadata
     assert again_metadata["new"].value == 0
     assert again_metadata["missing_sources"].value == "none"
+
+
+def test_an_ncbi_outage_is_retried_by_dagster_then_the_other_sources_still_land(
+    tmp_path, monkeypatch
+):
+    config = _config(tmp_path)
+    layout = DataLayout(tmp_path / "data")
+    with stand_in_server() as server:
+        monkeypatch.setenv("WHO_API_URL", server.base_url + ENDPOINT)
+        server.route(ENDPOINT, who_odata_service(_catalogue()))
+        server.route("/entrez/eutils/esearch.fcgi", lambda request: Reply(503, b"down"))
+
+        result = _materialize(
+            config, layout.root, server.base_url + "/entrez/eutils/", pubmed_retries=1
+        )
+        esearches = len(server.requests_to("/entrez/eutils/esearch.fcgi"))
+
+    assert result.success
+    assert esearches == 4  # two Dagster attempts of one request and one client retry each
+    raw_pubmed = result.asset_materializations_for_node("raw_pubmed")[0].metadata
+    assert raw_pubmed["status"].value == "unavailable"
+    assert "503" in raw_pubmed["error"].value
+    documents = result.asset_materializations_for_node("documents")[0].metadata
+    assert documents["missing_sources"].value == "pubmed"
+    frame = pq.read_table(layout.documents_path(PartitionRef.parse(PARTITION))).to_pandas()
+    assert set(frame["title"]) == ZIKA_TITLES_ON_DAY

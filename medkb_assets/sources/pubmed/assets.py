@@ -13,6 +13,7 @@ from medkb_assets.partitions import build_partitions
 from medkb_assets.policies import ASSET_RETRY_POLICY
 from medkb_assets.resources import DataDirResource, NcbiResource
 from medkb_assets.sources.base import RawPayload
+from medkb_assets.sources.http import SourceUnavailableError
 from medkb_assets.sources.pubmed.bulk import resolve_files, select_records
 from medkb_assets.sources.pubmed.client import ResultTooLargeError
 from medkb_assets.sources.raw_store import write_fetch
@@ -22,13 +23,15 @@ NCBI_POOL = "ncbi"
 _RECORD_START = re.compile(rb"<Pubmed(?:Book)?Article[\s>]")
 
 
-def build_raw_pubmed(config: MedkbConfig) -> dg.AssetsDefinition:
+def build_raw_pubmed(
+    config: MedkbConfig, retry_policy: dg.RetryPolicy = ASSET_RETRY_POLICY
+) -> dg.AssetsDefinition:
     """Builds ``raw_pubmed`` over the configuration's partitions."""
 
     @dg.asset(
         name="raw_pubmed",
         partitions_def=build_partitions(config),
-        retry_policy=ASSET_RETRY_POLICY,
+        retry_policy=retry_policy,
         pool=NCBI_POOL,
         group_name="sources",
         kinds={"python", "xml"},
@@ -48,13 +51,34 @@ def build_raw_pubmed(config: MedkbConfig) -> dg.AssetsDefinition:
         fetched_at = dt.datetime.now(dt.UTC)
         started = time.monotonic()
 
+        payloads: list[RawPayload] = []
+        summary: dict[str, Any]
         if "pubmed" not in topic.sources:
-            summary: dict[str, Any] = {"mode": "disabled", "hits": 0, "records_fetched": 0}
-            payloads: list[RawPayload] = []
+            summary = {"mode": "disabled", "status": "disabled", "hits": 0, "records_fetched": 0}
         elif config.pubmed.files:
             payloads, summary = _select_from_files(context, config, partition)
         else:
-            payloads, summary = _fetch_from_eutils(context, ncbi, config, partition)
+            try:
+                payloads, summary = _fetch_from_eutils(context, ncbi, config, partition)
+            except SourceUnavailableError as error:
+                # Dagster retries the step first; once its retries are spent, the outage is
+                # recorded so documents still build from the other sources and name PubMed.
+                if context.retry_number < retry_policy.max_retries:
+                    raise
+                context.log.error(
+                    "NCBI unavailable for %s after %d attempts: %s",
+                    partition.key,
+                    context.retry_number + 1,
+                    error,
+                )
+                summary = {
+                    "mode": "eutils",
+                    "status": "unavailable",
+                    "error": str(error),
+                    "query": topic.pubmed_query,
+                    "hits": 0,
+                    "records_fetched": 0,
+                }
         summary["duration_seconds"] = round(time.monotonic() - started, 3)
 
         fetch_dir = write_fetch(layout, "pubmed", partition, payloads, summary, fetched_at)
@@ -68,6 +92,8 @@ def build_raw_pubmed(config: MedkbConfig) -> dg.AssetsDefinition:
             )
         return dg.MaterializeResult(
             metadata={
+                "status": summary.get("status", "ok"),
+                "error": summary.get("error", ""),
                 "mode": summary["mode"],
                 "query": summary.get("query", ""),
                 "hits": summary["hits"],
