@@ -104,10 +104,13 @@ class EmbeddingModel:
         # A search usually embeds one short query: running the model's modules directly skips
         # encode()'s sorting and batching machinery, about a millisecond of a ~10 ms budget.
         # The modules are the same (transformer, pooling, normalisation), so vectors are too.
+        from sentence_transformers.util import batch_to_device
+
         with torch.inference_mode():
             features = self.transformer.preprocess(list(queries))
+            features = batch_to_device(features, self.transformer.device)
             output = self.transformer(features)["sentence_embedding"]
-        vectors = torch.nn.functional.normalize(output, p=2, dim=1).numpy()
+        vectors = torch.nn.functional.normalize(output, p=2, dim=1).cpu().numpy()
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
 

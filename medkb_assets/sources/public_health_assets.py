@@ -86,6 +86,9 @@ def _build_asset(config: MedkbConfig, source: PublicHealthSource) -> dg.AssetsDe
         name=f"raw_{source.name}",
         partitions_def=build_partitions(config),
         retry_policy=ASSET_RETRY_POLICY,
+        # The client paces itself within a process; the pool (limit 1 in dagster.yaml) keeps
+        # concurrent topic runs from multiplying the rate a service sees.
+        pool=source.name,
         group_name="sources",
         kinds={"python", "json"},
         description=source.description,

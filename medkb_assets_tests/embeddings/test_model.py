@@ -51,3 +51,15 @@ def test_document_text_joins_title_and_body_and_skips_blanks() -> None:
     assert document_text("Insulin resistance", "Body.") == "Insulin resistance\nBody."
     assert document_text("  ", "Body only.") == "Body only."
     assert document_text("Title only", "") == "Title only"
+
+
+def test_query_vectors_equal_the_document_vectors_of_the_same_text(
+    embedding_model: EmbeddingModel,
+) -> None:
+    texts = ["Is metformin associated with lower cardiovascular mortality?", "asthma"]
+
+    queries = embedding_model.encode_queries(texts)
+
+    assert queries.dtype == np.float32
+    assert np.allclose(queries, embedding_model.encode_documents(texts), atol=1e-6)
+    assert np.allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
