@@ -142,6 +142,12 @@ def _pubmed_rows(
                 outcome.without_text += 1
             else:
                 rows.append(row)
+            # A retraction notice enters PubMed on its own day; the paper it retracts keeps its
+            # old Entrez date and is never fetched again, so the notice flags it here.
+            rows.extend(
+                _tombstone_row(pmid, partition, fetched_at, raw_path, retracted=True)
+                for pmid in pubmed_record.retracts_pmids
+            )
         rows.extend(
             _tombstone_row(pmid, partition, fetched_at, raw_path) for pmid in result.deleted_pmids
         )
@@ -186,8 +192,13 @@ def _pubmed_row(
 
 
 def _tombstone_row(
-    pmid: str, partition: PartitionRef, fetched_at: dt.datetime, raw_path: str
+    pmid: str,
+    partition: PartitionRef,
+    fetched_at: dt.datetime,
+    raw_path: str,
+    retracted: bool = False,
 ) -> dict[str, Any]:
+    """A row that carries no text, only that ``pmid`` was deleted or retracted."""
     return {
         "doc_id": f"pubmed:{pmid}",
         "source": "pubmed",
@@ -200,8 +211,8 @@ def _tombstone_row(
         "mesh_terms": [],
         "keywords": [],
         "publication_types": [],
-        "retracted": False,
-        "deleted": True,
+        "retracted": retracted,
+        "deleted": not retracted,
         "content_hash": content_hash("", ""),
         "fetched_at": fetched_at,
         "partition": partition.key,
@@ -246,11 +257,13 @@ def _source_document_row(
 
 
 def _deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``doc_id``: a deletion wins, then the highest PubMed version, then the last."""
+    """One row per ``doc_id``: a deletion wins, then a retraction, then the highest PubMed
+    version, then the last row read."""
     if frame.empty:
         return frame[DOCUMENT_COLUMNS]
-    frame = frame.assign(_order=range(len(frame)))
-    frame = frame.sort_values(["deleted", "_version", "_order"])
+    precedence = frame["deleted"].astype(int) * 2 + frame["retracted"].astype(int)
+    frame = frame.assign(_order=range(len(frame)), _precedence=precedence)
+    frame = frame.sort_values(["_precedence", "_version", "_order"])
     frame = frame.drop_duplicates("doc_id", keep="last").sort_values("_order")
     return frame[DOCUMENT_COLUMNS].reset_index(drop=True)
 

@@ -144,3 +144,33 @@ def test_an_outage_on_a_rerun_keeps_the_documents_of_the_last_good_fetch(tmp_pat
     outcome = built.outcomes[0]
     assert (outcome.fetched_at, outcome.failed_at) == (FETCHED_AT.isoformat(), later.isoformat())
     assert outcome.error == "HTTP 503"
+
+
+def test_a_retraction_notice_flags_the_paper_it_retracts(tmp_path):
+    layout = DataLayout(tmp_path)
+    paper = (FIXTURES / "pubmed-29768149.xml").read_bytes()
+    # A retraction notice built from the real record: the same bytes with a new PMID, a
+    # "Retraction of Publication" type and a RetractionOf link back to 29768149.
+    notice = (
+        paper.replace(b'<PMID Version="1">29768149</PMID>', b'<PMID Version="1">39999999</PMID>', 1)
+        .replace(
+            b"</PublicationTypeList>",
+            b'<PublicationType UI="D016440">Retraction of Publication</PublicationType>'
+            b"</PublicationTypeList>",
+            1,
+        )
+        .replace(
+            b"</MedlineCitation>",
+            b'<CommentsCorrectionsList><CommentsCorrections RefType="RetractionOf">'
+            b'<RefSource>N Engl J Med. 2018</RefSource><PMID Version="1">29768149</PMID>'
+            b"</CommentsCorrections></CommentsCorrectionsList></MedlineCitation>",
+            1,
+        )
+    )
+    _pubmed_fetch(layout, paper, notice)
+
+    frame = build_partition_documents(layout, PARTITION, ["pubmed"]).frame.set_index("doc_id")
+
+    assert frame.loc["pubmed:29768149", "retracted"]
+    assert not frame.loc["pubmed:29768149", "deleted"]
+    assert not frame.loc["pubmed:39999999", "retracted"]

@@ -112,6 +112,8 @@ class PubmedRecord:
         publication_types: Publication types, e.g. ``"Journal Article"``.
         retracted: The record is a retracted publication.
         retraction_notice_pmids: PMIDs of the retraction notices that retract it.
+        retracts_pmids: For a retraction notice, the PMIDs of the publications it retracts
+            (``CommentsCorrections RefType="RetractionOf"``).
         url: The record's PubMed web page.
     """
 
@@ -133,6 +135,7 @@ class PubmedRecord:
     retracted: bool
     retraction_notice_pmids: tuple[str, ...]
     url: str
+    retracts_pmids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -377,6 +380,7 @@ def _read_article(element: Element, citation: Element, pmid: str, version: int) 
     title = _title(article.find("ArticleTitle")) or _title(article.find("VernacularTitle"))
     publication_types = _texts(article.iterfind("PublicationTypeList/PublicationType"))
     notice_pmids = _retraction_notices(citation)
+    retracts = _corrections(citation, "RetractionOf")
 
     journal = article.find("Journal")
     journal_title = None
@@ -408,6 +412,7 @@ def _read_article(element: Element, citation: Element, pmid: str, version: int) 
         retracted="Retracted Publication" in publication_types or bool(notice_pmids),
         retraction_notice_pmids=notice_pmids,
         url=PUBMED_URL.format(pmid=pmid),
+        retracts_pmids=retracts,
     )
 
 
@@ -528,9 +533,13 @@ def _authors(author_list: Element | None) -> tuple[str, ...]:
 
 
 def _retraction_notices(parent: Element) -> tuple[str, ...]:
+    return _corrections(parent, "RetractionIn")
+
+
+def _corrections(parent: Element, ref_type: str) -> tuple[str, ...]:
     pmids = []
     for correction in parent.iterfind("CommentsCorrectionsList/CommentsCorrections"):
-        if correction.get("RefType") == "RetractionIn":
+        if correction.get("RefType") == ref_type:
             pmid = (correction.findtext("PMID") or "").strip()
             if pmid:
                 pmids.append(pmid)
