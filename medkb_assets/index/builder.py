@@ -41,6 +41,7 @@ from medkb_assets.index.store import (
     STATE_FILE,
     SUMMARY_FILE,
     PublishHook,
+    load_index_folder,
     prune_versions,
     publish_version,
     read_current_version,
@@ -50,6 +51,7 @@ from medkb_assets.index.store import (
     version_name,
     version_number,
 )
+from medkb_assets.index.verify import verify_index
 from medkb_assets.storage import DataLayout
 
 if TYPE_CHECKING:
@@ -218,7 +220,13 @@ def build_index(
         def write_files(folder: Path) -> None:
             _write_version_files(folder, index, changes.records, summary, state)
 
-        publish_version(index_dir, version, write_files, hook=publish_hook)
+        publish_version(
+            index_dir,
+            version,
+            write_files,
+            hook=publish_hook,
+            verify=lambda folder: verify_index(load_index_folder(folder, version), None),
+        )
         prune_versions(index_dir, keep_versions)
 
     stats = BuildStats(

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,10 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 MANIFEST_COLUMNS = [field.name for field in MANIFEST_SCHEMA]
+
+
+class IndexVerificationError(RuntimeError):
+    """A staged index version failed verification and was not published."""
 
 
 class IndexNotFoundError(FileNotFoundError):
@@ -146,9 +151,13 @@ def load_index_version(index_dir: Path, version: str) -> LoadedIndex:
     Returns:
         The loaded index, manifest and summary.
     """
+    return load_index_folder(index_dir / version, version)
+
+
+def load_index_folder(folder: Path, version: str) -> LoadedIndex:
+    """Loads the index, manifest and summary files of one version folder, staged or published."""
     import faiss
 
-    folder = index_dir / version
     summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
     manifest = pd.read_parquet(folder / MANIFEST_FILE)
     index = faiss.read_index(str(folder / INDEX_FILE))
@@ -185,6 +194,7 @@ def publish_version(
     version: str,
     write_files: Callable[[Path], None],
     hook: PublishHook | None = None,
+    verify: Callable[[Path], list[str]] | None = None,
 ) -> Path:
     """Publishes a new version so that readers see the old one or the new one, never a mix.
 
@@ -197,9 +207,14 @@ def publish_version(
         version: the new version's name; no folder of that name may exist.
         write_files: writes the version's files into the folder it is given.
         hook: called with each name of :data:`PUBLISH_STEPS` once that step is durable.
+        verify: checks the staged folder before anything is renamed and returns its problems;
+            any problem abandons the publish, so a version that fails it never ships.
 
     Returns:
         The published version folder.
+
+    Raises:
+        IndexVerificationError: ``verify`` found problems; ``CURRENT`` is unchanged.
     """
     index_dir.mkdir(parents=True, exist_ok=True)
     notify = hook or (lambda step: None)
@@ -210,6 +225,10 @@ def publish_version(
         fsync_path(file)
     fsync_path(temporary)
     notify("temp_written")
+    problems = verify(temporary) if verify is not None else []
+    if problems:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise IndexVerificationError(f"index {version} not published: {'; '.join(problems)}")
 
     final = index_dir / version
     os.rename(temporary, final)

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from medkb_assets.index.store import IndexNotFoundError, load_current_index, remove_leftovers
+from medkb_assets.index.store import (
+    IndexNotFoundError,
+    IndexVerificationError,
+    load_current_index,
+    publish_version,
+    read_current_version,
+    remove_leftovers,
+)
 
 
 def test_loading_before_any_build_explains_how_to_build_an_index(tmp_path) -> None:
@@ -20,4 +27,17 @@ def test_leftovers_of_crashed_publishes_are_removed_but_published_versions_stay(
     removed = remove_leftovers(tmp_path)
 
     assert sorted(removed) == [".tmp-CURRENT-abc", ".tmp-v000003-abc", "v000002"]
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["CURRENT", "v000001"]
+
+
+def test_a_staged_version_that_fails_verification_is_never_published(tmp_path) -> None:
+    def write(folder) -> None:
+        (folder / "index.faiss").write_bytes(b"staged")
+
+    publish_version(tmp_path, "v000001", write)
+
+    with pytest.raises(IndexVerificationError, match="v000002 not published: 3 vectors, 2 rows"):
+        publish_version(tmp_path, "v000002", write, verify=lambda folder: ["3 vectors, 2 rows"])
+
+    assert read_current_version(tmp_path) == "v000001"
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["CURRENT", "v000001"]
