@@ -36,10 +36,19 @@ def _config(tmp_path: Path, **changes):
     return load_config(path)
 
 
-def _materialize(config, data_root: Path, partition_key: str, ncbi: NcbiResource):
+def _materialize(
+    config,
+    data_root: Path,
+    partition_key: str,
+    ncbi: NcbiResource,
+    retry_policy: dg.RetryPolicy | None = None,
+):
+    raw_pubmed = (
+        build_raw_pubmed(config, retry_policy) if retry_policy else build_raw_pubmed(config)
+    )
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [build_raw_pubmed(config), build_documents(config)],
+            [raw_pubmed, build_documents(config)],
             partition_key=partition_key,
             instance=instance,
             resources={"ncbi": ncbi, "data_dir": DataDirResource(path=str(data_root))},
@@ -207,4 +216,28 @@ def test_dagster_cli_materializes_a_partition_from_the_repository_without_dagste
 
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     stored = pq.read_table(tmp_path / "data" / "documents" / "2017-10-18" / "cancer.parquet")
+    assert sorted(stored.column("source_id").to_pylist()) == ["29038347", "29038521"]
+
+
+def test_a_truncated_efetch_answer_is_refetched_not_stored(tmp_path):
+    config = _config(tmp_path)
+    layout = DataLayout(tmp_path / "data")
+    article_set = (FIXTURES / "pubMR_pubmed_result_93articles.xml").read_bytes()
+
+    with stand_in_server() as server:
+        eutils = NcbiStandIn(server, article_set, by_entrez_day=True)
+        truncated = eutils.article_set.header + eutils.article_set.articles[0][:500]
+        server.inject(EFETCH, Reply(200, truncated, "text/xml"))
+        result = _materialize(
+            config,
+            layout.root,
+            "2017-10-18|cancer",
+            NcbiResource(base_url=eutils.base_url),
+            retry_policy=dg.RetryPolicy(max_retries=2, delay=0.01),
+        )
+        efetches = len(server.requests_to(EFETCH))
+
+    assert result.success
+    assert efetches == 2
+    stored = pq.read_table(layout.documents_path(PartitionRef.parse("2017-10-18|cancer")))
     assert sorted(stored.column("source_id").to_pylist()) == ["29038347", "29038521"]

@@ -1,7 +1,6 @@
 """The ``raw_pubmed`` asset: one topic's PubMed records for one Entrez day, kept verbatim."""
 
 import datetime as dt
-import re
 import time
 from typing import Any
 
@@ -16,11 +15,11 @@ from medkb_assets.sources.base import RawPayload
 from medkb_assets.sources.http import SourceUnavailableError
 from medkb_assets.sources.pubmed.bulk import resolve_files, select_records
 from medkb_assets.sources.pubmed.client import ResultTooLargeError
+from medkb_assets.sources.pubmed.parser import parse_pubmed_xml
 from medkb_assets.sources.raw_store import write_fetch
 from medkb_assets.storage import PartitionRef
 
 NCBI_POOL = "ncbi"
-_RECORD_START = re.compile(rb"<Pubmed(?:Book)?Article[\s>]")
 
 
 def build_raw_pubmed(
@@ -129,7 +128,9 @@ def _fetch_from_eutils(
         except ResultTooLargeError as error:
             # Refetching cannot help: the day must be split or read from NLM's files.
             raise dg.Failure(description=str(error), allow_retries=False) from error
-        records_fetched = sum(len(_RECORD_START.findall(p.body)) for p in payloads[1:])
+        # A truncated or garbled 200 answer is refused here, where a retry fetches it again,
+        # rather than stored for documents to fail on at every rerun.
+        records_fetched = sum(len(parse_pubmed_xml(p.body).records) for p in payloads[1:])
         plan = search.plan(cap)
         if plan.cap_hit:
             context.log.warning("%s: %s", partition.key, plan.describe(records_fetched))
