@@ -114,6 +114,9 @@ class PacedClient:
         timeout: seconds for connect and read.
         redact: query parameter names whose values never reach a log line or an error.
         sleep: injectable for tests of the backoff arithmetic.
+        refused: recognises a 2xx answer that is really a refusal to retry like a 429 (NCBI
+            sometimes answers an excess request with 200 and an error body), within the same
+            retry budget.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class PacedClient:
         headers: Mapping[str, str] | None = None,
         redact: frozenset[str] = frozenset(),
         sleep: Callable[[float], None] = time.sleep,
+        refused: Callable[[httpx.Response], bool] | None = None,
     ) -> None:
         self.service = service
         self.rate_limiter = rate_limiter
@@ -134,6 +138,7 @@ class PacedClient:
         self.redact = redact
         self.stats = RequestStats()
         self._sleep = sleep
+        self._refused = refused or (lambda response: False)
         self.base_url = base_url.rstrip("/")
         self._client = httpx.Client(
             base_url=self.base_url + "/",
@@ -206,10 +211,15 @@ class PacedClient:
                 response.status_code,
                 elapsed,
             )
-            if response.is_success:
+            if response.is_success and not self._refused(response):
                 return response
-            self.stats.count_failure(str(response.status_code))
+            refused = response.is_success
+            self.stats.count_failure(
+                f"refused (HTTP {response.status_code})" if refused else str(response.status_code)
+            )
             last_problem = f"HTTP {response.status_code} {self._scrub(response.text[:200])}"
+            if refused:
+                continue
             if response.status_code not in RETRYABLE_STATUS_CODES:
                 raise SourceUnavailableError(f"{self.service} {shown}: {last_problem}")
 

@@ -44,7 +44,6 @@ from medkb_assets.sources.http import (
     RateLimiter,
     RequestStats,
     RetryPolicy,
-    SourceUnavailableError,
     shared_rate_limiter,
 )
 
@@ -225,6 +224,7 @@ class EutilsClient:
             redact=frozenset({API_KEY_PARAM}),
             sleep=sleep,
             secret=self._api_key,
+            refused=lambda response: _is_rate_limit_answer(response.content),
         )
 
     @classmethod
@@ -443,36 +443,8 @@ class EutilsClient:
         return fresh
 
     def _send(self, path: str, params: dict[str, str]) -> httpx.Response:
-        """Sends one request, retrying NCBI's rate-limit answers that arrive as HTTP 200.
-
-        NCBI sometimes answers an excess request with status 200 and a JSON error body instead
-        of 429; those are retried with the same backoff as a 429.
-        """
-        query = {**params, **self._identity()}
-        policy = self._http.retry
-        for attempt in range(policy.max_retries + 1):
-            if attempt:
-                self.stats.retries += 1
-                wait = policy.delay(attempt - 1)
-                logger.warning(
-                    "%s %s: rate limit exceeded (HTTP 200); retry %d/%d in %.2fs",
-                    SERVICE,
-                    path,
-                    attempt,
-                    policy.max_retries,
-                    wait,
-                )
-                self._sleep(wait)
-
-            response = self._http.get(path, params=query)
-            if not _is_rate_limit_answer(response.content):
-                return response
-            self.stats.count_failure("rate limit (HTTP 200)")
-
-        raise SourceUnavailableError(
-            f"{SERVICE} {path} ({self._without_key(params)}): gave up after "
-            f"{policy.max_retries} retries; last problem: API rate limit exceeded"
-        )
+        """Sends one request with the client's identity (and key) added to its parameters."""
+        return self._http.get(path, params={**params, **self._identity()})
 
     def _identity(self) -> dict[str, str]:
         identity = {"tool": self.tool}

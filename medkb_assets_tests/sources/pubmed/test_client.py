@@ -193,7 +193,7 @@ def test_rate_limit_answered_with_status_200_is_retried(ncbi: NcbiStandIn) -> No
     assert len(ncbi.server.requests_to(ESEARCH)) == 2
     assert len(waits) == 1
     assert stats.retries == 1
-    assert stats.failures_by_kind == {"rate limit (HTTP 200)": 1}
+    assert stats.failures_by_kind == {"refused (HTTP 200)": 1}
 
 
 def test_server_errors_are_retried(ncbi: NcbiStandIn) -> None:
