@@ -81,8 +81,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subcommands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_search_command(subcommands)
+    _add_rollback_command(subcommands)
     register_operations_commands(subcommands)
     return parser
+
+
+def _add_rollback_command(subcommands: Any) -> None:
+    rollback = subcommands.add_parser(
+        "rollback",
+        help="serve an earlier published index version",
+        description=(
+            "Point CURRENT at an earlier published index version that is still on disk; the "
+            "next build continues from it. Roll forward the same way."
+        ),
+    )
+    rollback.add_argument("version", metavar="VERSION", help="a version such as v000007")
+    rollback.set_defaults(handler=_rollback)
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from medkb_assets.index.store import roll_back
+    from medkb_assets.storage import DataLayout
+
+    index_dir = DataLayout.from_env().index_dir
+    try:
+        previous = roll_back(index_dir, args.version)
+    except ValueError as error:
+        print(f"medkb rollback: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"CURRENT: {previous} -> {args.version}")
+    return EXIT_OK
 
 
 def _add_search_command(subcommands: Any) -> None:

@@ -42,14 +42,13 @@ from medkb_assets.index.store import (
     SUMMARY_FILE,
     PublishHook,
     load_index_folder,
+    next_version_name,
     prune_versions,
     publish_version,
     read_current_version,
     read_version_state,
     remove_leftovers,
     stored_vectors,
-    version_name,
-    version_number,
 )
 from medkb_assets.index.verify import verify_index
 from medkb_assets.storage import DataLayout
@@ -200,7 +199,7 @@ def build_index(
         next_vector_id = _assign_vector_ids(changes.records, lineage.next_vector_id)
         index = _next_faiss_index(lineage, changes, concrete_type, dimension)
 
-        version = _next_version(index_dir)
+        version = next_version_name(index_dir)
         summary = {
             "version": version,
             "parent_version": lineage.version,
@@ -638,11 +637,6 @@ def _empty_index(index_type: str, dimension: int) -> Any:
     else:
         inner = faiss.IndexFlatIP(dimension)
     return faiss.IndexIDMap2(inner)
-
-
-def _next_version(index_dir: Path) -> str:
-    numbers = [version_number(entry.name) for entry in index_dir.iterdir()]
-    return version_name(max((n for n in numbers if n is not None), default=0) + 1)
 
 
 def _write_version_files(

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = ".lock"
 TEMP_PREFIX = ".tmp-"
+PUBLISHED_FILE = "PUBLISHED"  # every version that ever became CURRENT, one a line
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.parquet"
 SUMMARY_FILE = "summary.json"
@@ -244,6 +245,7 @@ def publish_version(
 
     os.replace(pointer, index_dir / CURRENT_FILE)
     fsync_path(index_dir)
+    _record_published(index_dir, version)
     notify("published")
     logger.info("published index version %s under %s", version, index_dir)
     return final
@@ -252,8 +254,10 @@ def publish_version(
 def remove_leftovers(index_dir: Path) -> list[str]:
     """Removes what crashed publishes left behind; call only while holding the builder lock.
 
-    That is every ``.tmp-`` entry, and every version folder newer than ``CURRENT``: such a
-    folder was renamed into place but ``CURRENT`` never moved to it, so no reader has seen it.
+    That is every ``.tmp-`` entry, and every version folder newer than ``CURRENT`` that was
+    never published: it was renamed into place but ``CURRENT`` never moved to it, so no reader
+    has seen it. Versions newer than ``CURRENT`` that were published stay: ``CURRENT`` was rolled
+    back past them, and they remain available to roll forward to.
 
     Args:
         index_dir: the index directory.
@@ -265,16 +269,78 @@ def remove_leftovers(index_dir: Path) -> list[str]:
         return []
     current = read_current_version(index_dir)
     current_number = -1 if current is None else (version_number(current) or 0)
+    published = published_versions(index_dir)
     removed = []
     for entry in sorted(index_dir.iterdir()):
         number = version_number(entry.name)
-        unpublished = number is not None and number > current_number
+        unpublished = number is not None and number > current_number and entry.name not in published
         if entry.name.startswith(TEMP_PREFIX) or unpublished:
             _remove_entry(entry)
             removed.append(entry.name)
     if removed:
         logger.warning("removed leftovers of interrupted index builds: %s", ", ".join(removed))
     return removed
+
+
+def published_versions(index_dir: Path) -> set[str]:
+    """Every version that ever became ``CURRENT`` under ``index_dir``."""
+    try:
+        lines = (index_dir / PUBLISHED_FILE).read_text(encoding="utf-8").split()
+    except FileNotFoundError:
+        return set()
+    return set(lines)
+
+
+def next_version_name(index_dir: Path) -> str:
+    """The name of the next version: past every folder and every version ever published, so a
+    name is never reused, even after a rollback and pruning."""
+    names = [entry.name for entry in index_dir.iterdir()] + sorted(published_versions(index_dir))
+    numbers = [number for number in map(version_number, names) if number is not None]
+    return version_name(max(numbers, default=0) + 1)
+
+
+def roll_back(index_dir: Path, version: str, lock_timeout_s: float = 60.0) -> str | None:
+    """Points ``CURRENT`` at an earlier published version that is still on disk.
+
+    Args:
+        index_dir: the index directory.
+        version: the version to serve.
+        lock_timeout_s: how long to wait for a running build.
+
+    Returns:
+        The version ``CURRENT`` named before.
+
+    Raises:
+        ValueError: the version was never published or its files are gone.
+    """
+    from filelock import FileLock
+
+    with FileLock(str(index_dir / LOCK_FILE), timeout=lock_timeout_s):
+        if version not in published_versions(index_dir) or not (index_dir / version).is_dir():
+            available = ", ".join(
+                sorted(published_versions(index_dir) & set(list_versions(index_dir)))
+            )
+            raise ValueError(
+                f"{version} is not a published version on disk; available: {available}"
+            )
+        load_index_version(index_dir, version)
+        previous = read_current_version(index_dir)
+        pointer = index_dir / f"{TEMP_PREFIX}{CURRENT_FILE}-{uuid.uuid4().hex}"
+        with pointer.open("w", encoding="utf-8") as stream:
+            stream.write(version + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(pointer, index_dir / CURRENT_FILE)
+        fsync_path(index_dir)
+    logger.warning("index rolled back from %s to %s", previous, version)
+    return previous
+
+
+def _record_published(index_dir: Path, version: str) -> None:
+    with (index_dir / PUBLISHED_FILE).open("a", encoding="utf-8") as stream:
+        stream.write(version + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
 
 
 def prune_versions(index_dir: Path, keep_versions: int) -> list[str]:

@@ -451,3 +451,44 @@ def test_concurrent_builders_take_turns_and_lose_no_update(
     assert (second.version, second.parent_version, second.added) == ("v000003", "v000002", 3)
     assert loaded.index.ntotal == 12
     assert sorted(loaded.manifest["doc_id"]) == sorted(_doc_id(a) for a in abstracts)
+
+
+def test_rollback_serves_an_earlier_version_and_the_next_build_reuses_no_name(
+    tmp_path, embedding_model: EmbeddingModel
+) -> None:
+    layout = DataLayout(tmp_path)
+    abstracts = pubmedqa_abstracts()[:9]
+    _embed(layout, DAY_1, [document_row(a, DAY_1) for a in abstracts[:5]], embedding_model)
+    _build(layout, embedding_model)
+    _embed(layout, DAY_2, [document_row(a, DAY_2) for a in abstracts[5:7]], embedding_model)
+    _build(layout, embedding_model)
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "medkb_assets.cli", "rollback", "v000001"],
+        env={**os.environ, "MEDKB_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rolled_back = load_current_index(layout.index_dir)
+    _embed(
+        layout,
+        ONCOLOGY_DAY_2,
+        [document_row(a, ONCOLOGY_DAY_2) for a in abstracts[7:]],
+        embedding_model,
+    )
+    after = _build(layout, embedding_model)
+
+    assert completed.stdout.strip() == "CURRENT: v000002 -> v000001"
+    assert (rolled_back.version, rolled_back.index.ntotal) == ("v000001", 5)
+    assert after.version == "v000003"
+    assert after.vectors == 9
+    assert list_versions(layout.index_dir) == ["v000001", "v000002", "v000003"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "medkb_assets.cli", "rollback", "v000042"],
+        env={**os.environ, "MEDKB_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2
+    assert "available: v000001, v000002, v000003" in refused.stderr
