@@ -413,6 +413,7 @@ def test_builder_killed_during_publish_leaves_the_previous_version_loadable(
     assert sorted(entry.name for entry in layout.index_dir.iterdir()) == [
         ".lock",
         "CURRENT",
+        "PUBLISHED",
         "v000001",
         "v000002",
     ]

@@ -40,4 +40,4 @@ def test_a_staged_version_that_fails_verification_is_never_published(tmp_path) -
         publish_version(tmp_path, "v000002", write, verify=lambda folder: ["3 vectors, 2 rows"])
 
     assert read_current_version(tmp_path) == "v000001"
-    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["CURRENT", "v000001"]
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["CURRENT", "PUBLISHED", "v000001"]
