@@ -41,3 +41,15 @@ def test_a_staged_version_that_fails_verification_is_never_published(tmp_path) -
 
     assert read_current_version(tmp_path) == "v000001"
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["CURRENT", "PUBLISHED", "v000001"]
+
+
+def test_a_published_version_newer_than_current_survives_leftover_removal(tmp_path) -> None:
+    for name in ("v000001", "v000002", "v000003"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "PUBLISHED").write_text("v000001\nv000002\n")
+    (tmp_path / "CURRENT").write_text("v000001\n")  # rolled back from v000002
+
+    removed = remove_leftovers(tmp_path)
+
+    assert removed == ["v000003"]
+    assert (tmp_path / "v000002").is_dir()

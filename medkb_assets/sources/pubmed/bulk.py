@@ -86,6 +86,9 @@ def select_records(
         keywords: the topic's keywords; at least one must match.
         max_records: the most records to keep; reaching it sets ``cap_hit``.
     """
+    # TODO: every partition scans every file, so a backfill over the annual baseline parses it
+    # once per topic and day; a per-file index of PMID, Entrez date and byte range, built once,
+    # would let a partition read only its day's records.
     pattern = keyword_pattern(keywords)
     selection = BulkSelection(files=[str(path) for path in paths])
     for path in paths:
