@@ -143,7 +143,7 @@ class PacedClient:
         self._client = httpx.Client(
             base_url=self.base_url + "/",
             timeout=httpx.Timeout(timeout),
-            headers={"User-Agent": "medkb/0.1 (+https://github.com/medkb)", **(headers or {})},
+            headers={"User-Agent": "medkb/0.1", **(headers or {})},
             follow_redirects=True,
         )
 
