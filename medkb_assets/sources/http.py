@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 # secret parameters masked, so httpx's own lines would only repeat them unmasked.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
+PACING_MARGIN = 1.05
 RETRYABLE_STATUS_CODES = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (
     httpx.TimeoutException,
@@ -47,7 +48,9 @@ class RateLimiter:
     def __init__(self, rate: float) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
-        self.interval = 1.0 / rate
+        # A hair slower than the limit: services count requests in sliding one-second windows,
+        # and slots exactly 1/rate apart can put rate + 1 requests inside one such window.
+        self.interval = 1.0 / rate * PACING_MARGIN
         self._lock = threading.Lock()
         self._next_slot = 0.0
 
