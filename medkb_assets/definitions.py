@@ -8,7 +8,7 @@ from medkb_assets.config import get_config
 from medkb_assets.documents.assets import build_documents
 from medkb_assets.embeddings.assets import build_embeddings
 from medkb_assets.index.assets import build_index_definitions
-from medkb_assets.jobs import build_daily_update_job, build_daily_update_schedule
+from medkb_assets.jobs import build_daily_update_job, build_daily_update_schedules
 from medkb_assets.operations import build_operations_definitions
 from medkb_assets.resources import (
     DataDirResource,
@@ -36,7 +36,7 @@ def build_definitions() -> dg.Definitions:
         ],
         asset_checks=[*index.asset_checks, *operations.asset_checks],
         jobs=[daily_update_job, *operations.jobs],
-        schedules=[build_daily_update_schedule(daily_update_job), *operations.schedules],
+        schedules=[*build_daily_update_schedules(daily_update_job), *operations.schedules],
         sensors=[*index.sensors, *operations.sensors],
         resources={
             "ncbi": ncbi_resource_from_env(),

@@ -48,17 +48,23 @@ def build_daily_update_job(
     )
 
 
-def build_daily_update_schedule(
+def build_daily_update_schedules(
     job: UnresolvedAssetJobDefinition,
-) -> dg.ScheduleDefinition | UnresolvedPartitionedAssetScheduleDefinition:
-    """Runs at 02:00 UTC for the day that just ended, one run per topic.
+) -> list[dg.ScheduleDefinition | UnresolvedPartitionedAssetScheduleDefinition]:
+    """The daily update at 02:00 UTC and its catch-up at 12:00 UTC, one run per topic each.
 
-    NCBI has indexed most of the previous day's records by then.
+    Both fetch the UTC day that just ended. PubMed dates records by US Eastern time, so at 02:00
+    UTC the last hours of that Entrez day are still open; the catch-up run fetches the day again
+    once it has closed. Unchanged records cost nothing downstream: their content hashes are
+    already embedded.
     """
-    return dg.build_schedule_from_partitioned_job(
-        job,
-        hour_of_day=2,
-        minute_of_hour=0,
-        name="daily_update_schedule",
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-    )
+    return [
+        dg.build_schedule_from_partitioned_job(
+            job,
+            hour_of_day=hour,
+            minute_of_hour=0,
+            name=name,
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+        )
+        for name, hour in (("daily_update_schedule", 2), ("daily_catch_up_schedule", 12))
+    ]

@@ -130,3 +130,17 @@ def test_an_invalid_configuration_fails_definition_loading_naming_file_and_field
     assert completed.returncode != 0
     assert str(bad) in completed.stderr
     assert "max_records_per_partition" in completed.stderr
+
+
+def test_a_catch_up_run_at_noon_utc_fetches_the_same_day_once_it_has_closed_in_new_york():
+    schedule = defs.resolve_schedule_def("daily_catch_up_schedule")
+    tick = dt.datetime(2026, 11, 3, 12, 0, tzinfo=dt.UTC)
+
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+        requests = schedule.evaluate_tick(context).run_requests
+
+    assert schedule.cron_schedule == "0 12 * * *"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert {request.partition_key.split("|")[0] for request in requests} == {"2026-11-02"}
+    assert len(requests) == 8
