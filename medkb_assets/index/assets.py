@@ -13,6 +13,7 @@ from medkb_assets.index.builder import BuildStats, build_index
 from medkb_assets.index.report import (
     counts_table,
     documents_per_day_chart,
+    markdown_cell,
     new_documents_table,
     read_manifest,
 )
@@ -153,7 +154,7 @@ def _lineage_table(partitions_read: tuple[tuple[str, str], ...]) -> str:
     if not partitions_read:
         return "_no embeddings partition changed since the previous version_"
     shown = sorted(partitions_read)[:LINEAGE_ROWS]
-    rows = [f"| {key} | {data_version[:16]} |" for key, data_version in shown]
+    rows = [f"| {markdown_cell(key)} | {version[:16]} |" for key, version in shown]
     more = len(partitions_read) - len(shown)
     footer = [f"\n_and {more} more partitions_"] if more > 0 else []
     return "\n".join(["| partition | embeddings data version |", "| --- | --- |", *rows, *footer])

@@ -32,7 +32,7 @@ def new_documents_table(current: pd.DataFrame, parent: pd.DataFrame | None) -> s
         return "_no new documents_"
     added = added.sort_values("date", ascending=False).head(NEW_DOCUMENT_ROWS)
     rows = [
-        f"| {date or ''} | {source} | [{_cell(title)}]({url}) | {', '.join(topics)} |"
+        f"| {date or ''} | {source} | [{markdown_cell(title)}]({url}) | {', '.join(topics)} |"
         for date, source, title, url, topics in zip(
             added["date"],
             added["source"],
@@ -81,5 +81,6 @@ def _sparkline(values: list[int]) -> str:
     )
 
 
-def _cell(text: str | None) -> str:
-    return (text or "").replace("|", "/").replace("\n", " ")[:120]
+def markdown_cell(text: str | None, limit: int = 120) -> str:
+    """Text safe inside a Markdown table cell: pipes escaped (partition keys hold one)."""
+    return (text or "").replace("\n", " ")[:limit].replace("|", "\\|")
