@@ -14,6 +14,7 @@ from medkb_assets.documents.build import (
     read_documents,
     write_documents,
 )
+from medkb_assets.markdown import markdown_cell
 from medkb_assets.partitions import build_partitions
 from medkb_assets.policies import ASSET_RETRY_POLICY
 from medkb_assets.resources import DataDirResource
@@ -116,7 +117,9 @@ def _metadata(
             for outcome in built.outcomes
         ]
     )
-    preview = live.head(PREVIEW_ROWS)[["doc_id", "title", "published", "url"]]
+    preview = live.head(PREVIEW_ROWS)[["doc_id", "title", "published", "url"]].assign(
+        title=lambda frame: frame["title"].map(markdown_cell)
+    )
     return {
         "dagster/row_count": len(frame),
         "documents": len(live),

@@ -13,10 +13,10 @@ from medkb_assets.index.builder import BuildStats, build_index
 from medkb_assets.index.report import (
     counts_table,
     documents_per_day_chart,
-    markdown_cell,
     new_documents_table,
     read_manifest,
 )
+from medkb_assets.markdown import markdown_cell
 from medkb_assets.policies import ASSET_RETRY_POLICY
 from medkb_assets.resources import DataDirResource, EmbeddingModelResource
 

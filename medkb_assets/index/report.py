@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from medkb_assets.index.store import MANIFEST_FILE
+from medkb_assets.markdown import markdown_cell
 
 SPARK_BARS = "▁▂▃▄▅▆▇█"
 CHART_DAYS = 30
@@ -79,8 +80,3 @@ def _sparkline(values: list[int]) -> str:
         " " if value == 0 else SPARK_BARS[math.ceil(value / peak * len(SPARK_BARS)) - 1]
         for value in values
     )
-
-
-def markdown_cell(text: str | None, limit: int = 120) -> str:
-    """Text safe inside a Markdown table cell: pipes escaped (partition keys hold one)."""
-    return (text or "").replace("\n", " ")[:limit].replace("|", "\\|")
