@@ -24,7 +24,8 @@ DEMO_QUERIES = (
 def sample_partitions() -> list[str]:
     """Every ``date|topic`` partition for which the sample holds a matching record."""
     from medkb_assets.config import get_config
-    from medkb_assets.sources.pubmed.bulk import keyword_pattern, record_matches, resolve_files
+    from medkb_assets.sources.html_text import keyword_pattern
+    from medkb_assets.sources.pubmed.bulk import record_matches, resolve_files
     from medkb_assets.sources.pubmed.parser import parse_pubmed_file
 
     config = get_config()

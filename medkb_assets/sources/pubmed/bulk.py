@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from medkb_assets.sources.html_text import keyword_pattern
 from medkb_assets.sources.pubmed.parser import PubmedRecord, parse_pubmed_xml
 
 logger = logging.getLogger(__name__)
@@ -63,14 +64,13 @@ def resolve_files(pattern: str) -> list[Path]:
     return paths
 
 
-def keyword_pattern(keywords: Sequence[str]) -> re.Pattern[str]:
-    """Case-insensitive match of any keyword at a word start ("insulin" finds "insulins")."""
-    alternatives = "|".join(re.escape(keyword.strip()) for keyword in keywords if keyword.strip())
-    return re.compile(rf"\b(?:{alternatives})", re.IGNORECASE)
+def record_matches(record: PubmedRecord, pattern: re.Pattern[str] | None) -> bool:
+    """Whether a record's title, abstract, MeSH terms or keywords mention the topic.
 
-
-def record_matches(record: PubmedRecord, pattern: re.Pattern[str]) -> bool:
-    """Whether a record's title, abstract, MeSH terms or keywords mention the topic."""
+    ``pattern`` comes from :func:`keyword_pattern`, the matching every source shares.
+    """
+    if pattern is None:
+        return False
     haystack = " ".join([record.title, record.abstract, *record.mesh_terms, *record.keywords])
     return pattern.search(haystack) is not None
 
@@ -102,7 +102,7 @@ def select_records(
 def _consider(
     chunk: bytes,
     day: str,
-    pattern: re.Pattern[str],
+    pattern: re.Pattern[str] | None,
     max_records: int,
     selection: BulkSelection,
 ) -> None:
