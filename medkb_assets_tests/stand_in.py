@@ -23,6 +23,8 @@ class SeenRequest:
     path: str
     params: dict[str, str]
     at: float
+    body: bytes = b""
+    content_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,16 +81,24 @@ def _make_handler(server_state: StandInServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length).decode()
+            body = self.rfile.read(length)
             params = self._params(urlsplit(self.path).query)
-            params.update(self._params(body))
-            self._serve(params)
+            if self.headers.get_content_type() == "application/x-www-form-urlencoded":
+                params.update(self._params(body.decode()))
+            self._serve(params, body)
 
         def _params(self, query: str) -> dict[str, str]:
             return {name: values[-1] for name, values in parse_qs(query).items()}
 
-        def _serve(self, params: dict[str, str]) -> None:
-            request = SeenRequest(self.command, urlsplit(self.path).path, params, time.monotonic())
+        def _serve(self, params: dict[str, str], body: bytes = b"") -> None:
+            request = SeenRequest(
+                self.command,
+                urlsplit(self.path).path,
+                params,
+                time.monotonic(),
+                body,
+                self.headers.get("Content-Type", ""),
+            )
             reply = server_state._answer(request)
             if reply.delay:
                 time.sleep(reply.delay)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from medkb_assets.documents.build import build_partition_documents, write_docume
 from medkb_assets.sources.base import RawPayload
 from medkb_assets.sources.raw_store import write_fetch
 from medkb_assets.storage import DataLayout, PartitionRef
+from medkb_assets_tests.stand_in import Reply, SeenRequest, StandInServer, stand_in_server
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 ASTHMA_TRIAL_XML = FIXTURES / "pubmed" / "pubmed-29768149.xml"
@@ -35,60 +34,43 @@ class ReceivedAlert:
 
 @dataclass
 class WebhookReceiver:
-    """A real HTTP server on loopback that records every JSON body POSTed to it."""
+    """A stand-in server on loopback that records every JSON body POSTed to it."""
 
-    base_url: str = ""
-    received: list[ReceivedAlert] = field(default_factory=list)
+    server: StandInServer
     statuses: deque[int] = field(default_factory=deque)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str) -> str:
+        """The webhook URL for ``path``; POSTs there are recorded and answered."""
+        self.server.route(path, self._answer)
         return f"{self.base_url}{path}"
 
     def answer_next(self, *statuses: int) -> None:
         """Answers the next POSTs with ``statuses`` in order, then 200 again."""
-        with self.lock:
+        with self.server.lock:
             self.statuses.extend(statuses)
 
-    def _record(self, alert: ReceivedAlert) -> int:
-        with self.lock:
-            self.received.append(alert)
-            return self.statuses.popleft() if self.statuses else 200
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    @property
+    def received(self) -> list[ReceivedAlert]:
+        return [
+            ReceivedAlert(request.path, request.content_type, json.loads(request.body))
+            for request in self.server.seen
+            if request.method == "POST"
+        ]
+
+    def _answer(self, request: SeenRequest) -> Reply:
+        with self.server.lock:
+            status = self.statuses.popleft() if self.statuses else 200
+        return Reply(status, b'{"ok":true}')
 
 
 @pytest.fixture
 def webhook_receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length)
-            status = receiver._record(
-                ReceivedAlert(self.path, self.headers.get("Content-Type", ""), json.loads(raw))
-            )
-            body = b'{"ok":true}'
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    receiver.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
+    with stand_in_server() as server:
+        yield WebhookReceiver(server)
 
 
 def pubmed_articles(path: Path, count: int) -> bytes:
