@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -41,7 +40,7 @@ from medkb_assets.sources.http import (
     PacedClient,
     RetryPolicy,
     SourceUnavailableError,
-    shared_rate_limiter,
+    client_from_env,
 )
 
 logger = logging.getLogger(__name__)
@@ -112,11 +111,8 @@ def cdc_client(retry: RetryPolicy | None = None) -> PacedClient:
     Returns:
         A client whose base URL is the media collection itself.
     """
-    return PacedClient(
-        SOURCE,
-        os.environ.get(CDC_API_URL_ENV) or DEFAULT_CDC_API_URL,
-        rate_limiter=shared_rate_limiter(SOURCE, CDC_REQUESTS_PER_SECOND),
-        retry=retry,
+    return client_from_env(
+        SOURCE, CDC_API_URL_ENV, DEFAULT_CDC_API_URL, CDC_REQUESTS_PER_SECOND, retry
     )
 
 

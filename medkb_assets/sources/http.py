@@ -11,6 +11,7 @@ times.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -263,3 +264,30 @@ def _redact_query_value(text: str, name: str) -> str:
         text = text[:value_start] + "***" + text[value_end:]
         start = text.find(marker, value_start + 3)
     return text
+
+
+def client_from_env(
+    service: str,
+    url_env_var: str,
+    default_url: str,
+    rate: float,
+    retry: RetryPolicy | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> PacedClient:
+    """Builds a service's client at the URL its environment variable names, or the default.
+
+    Args:
+        service: the service's short name; it also keys the process-wide rate limiter.
+        url_env_var: the environment variable that overrides the endpoint.
+        default_url: the public endpoint.
+        rate: the most requests per second the service allows.
+        retry: the retry policy; the client's default when ``None``.
+        headers: extra request headers.
+    """
+    return PacedClient(
+        service,
+        os.environ.get(url_env_var) or default_url,
+        rate_limiter=shared_rate_limiter(service, rate),
+        retry=retry,
+        headers=headers,
+    )

@@ -31,7 +31,6 @@ minutes at a time, so the client keeps to 85 a minute.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -44,7 +43,7 @@ from defusedxml import DefusedXmlException
 
 from medkb_assets.sources.base import FetchResult, RawPayload, SourceDocument
 from medkb_assets.sources.html_text import html_to_text, keyword_pattern, normalize_space
-from medkb_assets.sources.http import PacedClient, RetryPolicy, shared_rate_limiter
+from medkb_assets.sources.http import PacedClient, RetryPolicy, client_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +110,12 @@ def medlineplus_client(retry: RetryPolicy | None = None) -> PacedClient:
     Returns:
         A client whose base URL is the query endpoint, paced to 85 requests a minute.
     """
-    return PacedClient(
+    return client_from_env(
         SOURCE,
-        os.environ.get(MEDLINEPLUS_URL_ENV) or DEFAULT_MEDLINEPLUS_URL,
-        rate_limiter=shared_rate_limiter(SOURCE, MEDLINEPLUS_REQUESTS_PER_MINUTE / 60),
-        retry=retry,
+        MEDLINEPLUS_URL_ENV,
+        DEFAULT_MEDLINEPLUS_URL,
+        MEDLINEPLUS_REQUESTS_PER_MINUTE / 60,
+        retry,
     )
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -31,7 +30,7 @@ from typing import Any
 
 from medkb_assets.sources.base import FetchResult, RawPayload, SourceDocument
 from medkb_assets.sources.html_text import html_to_text, keyword_pattern, normalize_space
-from medkb_assets.sources.http import PacedClient, RetryPolicy, shared_rate_limiter
+from medkb_assets.sources.http import PacedClient, RetryPolicy, client_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +89,12 @@ def who_client(retry: RetryPolicy | None = None) -> PacedClient:
     Returns:
         A client whose base URL is the DON collection itself.
     """
-    return PacedClient(
+    return client_from_env(
         SOURCE,
-        os.environ.get(WHO_API_URL_ENV) or DEFAULT_WHO_API_URL,
-        rate_limiter=shared_rate_limiter(SOURCE, WHO_REQUESTS_PER_SECOND),
-        retry=retry,
+        WHO_API_URL_ENV,
+        DEFAULT_WHO_API_URL,
+        WHO_REQUESTS_PER_SECOND,
+        retry,
         headers={"Accept": "application/json"},
     )
 
