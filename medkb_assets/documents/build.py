@@ -154,6 +154,39 @@ def _pubmed_rows(
     return rows
 
 
+def _row(
+    source: str,
+    source_id: str,
+    title: str,
+    text: str,
+    partition: PartitionRef,
+    fetched_at: dt.datetime,
+    raw_path: str,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A document row: every list column present, the content hash derived, ``fields`` on top."""
+    return {
+        "doc_id": f"{source}:{source_id}",
+        "source": source,
+        "source_id": source_id,
+        "title": title,
+        "text": text,
+        "topics": [partition.topic],
+        "authors": [],
+        "mesh_terms": [],
+        "keywords": [],
+        "publication_types": [],
+        "retracted": False,
+        "deleted": False,
+        "content_hash": content_hash(title, text),
+        "fetched_at": fetched_at,
+        "partition": partition.key,
+        "raw_path": raw_path,
+        "_version": 0,
+        **fields,
+    }
+
+
 def _pubmed_row(
     record: PubmedRecord, partition: PartitionRef, fetched_at: dt.datetime, raw_path: str
 ) -> dict[str, Any] | None:
@@ -163,32 +196,28 @@ def _pubmed_row(
         # A citation without an abstract has nothing to retrieve by; a retracted one is kept so
         # the index can drop any earlier version of it.
         return None
-    return {
-        "doc_id": f"pubmed:{record.pmid}",
-        "source": "pubmed",
-        "source_id": record.pmid,
-        "title": title,
-        "text": text,
-        "url": record.url or PUBMED_URL.format(pmid=record.pmid),
-        "published": record.published,
-        "entrez_date": record.entrez_date,
-        "topics": [partition.topic],
-        "journal": record.journal,
-        "authors": list(record.authors),
-        "mesh_terms": list(record.mesh_terms),
-        "keywords": list(record.keywords),
-        "doi": record.doi,
-        "pmcid": record.pmcid,
-        "language": record.language,
-        "publication_types": list(record.publication_types),
-        "retracted": record.retracted,
-        "deleted": False,
-        "content_hash": content_hash(title, text),
-        "fetched_at": fetched_at,
-        "partition": partition.key,
-        "raw_path": raw_path,
-        "_version": record.version,
-    }
+    return _row(
+        "pubmed",
+        record.pmid,
+        title,
+        text,
+        partition,
+        fetched_at,
+        raw_path,
+        url=record.url or PUBMED_URL.format(pmid=record.pmid),
+        published=record.published,
+        entrez_date=record.entrez_date,
+        journal=record.journal,
+        authors=list(record.authors),
+        mesh_terms=list(record.mesh_terms),
+        keywords=list(record.keywords),
+        doi=record.doi,
+        pmcid=record.pmcid,
+        language=record.language,
+        publication_types=list(record.publication_types),
+        retracted=record.retracted,
+        _version=record.version,
+    )
 
 
 def _tombstone_row(
@@ -199,26 +228,18 @@ def _tombstone_row(
     retracted: bool = False,
 ) -> dict[str, Any]:
     """A row that carries no text, only that ``pmid`` was deleted or retracted."""
-    return {
-        "doc_id": f"pubmed:{pmid}",
-        "source": "pubmed",
-        "source_id": pmid,
-        "title": "",
-        "text": "",
-        "url": PUBMED_URL.format(pmid=pmid),
-        "topics": [partition.topic],
-        "authors": [],
-        "mesh_terms": [],
-        "keywords": [],
-        "publication_types": [],
-        "retracted": retracted,
-        "deleted": not retracted,
-        "content_hash": content_hash("", ""),
-        "fetched_at": fetched_at,
-        "partition": partition.key,
-        "raw_path": raw_path,
-        "_version": 0,
-    }
+    return _row(
+        "pubmed",
+        pmid,
+        "",
+        "",
+        partition,
+        fetched_at,
+        raw_path,
+        url=PUBMED_URL.format(pmid=pmid),
+        retracted=retracted,
+        deleted=not retracted,
+    )
 
 
 def _source_document_row(
@@ -228,32 +249,20 @@ def _source_document_row(
     text = clean_text(document.text)
     if not text or not title:
         return None
-    return {
-        "doc_id": document.doc_id,
-        "source": document.source,
-        "source_id": document.source_id,
-        "title": title,
-        "text": text,
-        "url": document.url,
-        "published": document.published,
-        "entrez_date": None,
-        "topics": [partition.topic],
-        "journal": None,
-        "authors": [],
-        "mesh_terms": list(document.mesh_terms),
-        "keywords": list(document.keywords),
-        "doi": None,
-        "pmcid": None,
-        "language": document.language,
-        "publication_types": [],
-        "retracted": False,
-        "deleted": False,
-        "content_hash": content_hash(title, text),
-        "fetched_at": fetched_at,
-        "partition": partition.key,
-        "raw_path": raw_folder,
-        "_version": 0,
-    }
+    return _row(
+        document.source,
+        document.source_id,
+        title,
+        text,
+        partition,
+        fetched_at,
+        raw_folder,
+        url=document.url,
+        published=document.published,
+        mesh_terms=list(document.mesh_terms),
+        keywords=list(document.keywords),
+        language=document.language,
+    )
 
 
 def _deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
